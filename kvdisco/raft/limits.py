@@ -14,6 +14,7 @@ __all__ = [
     "HEARTBEAT_TICKS",
     "INFLIGHT_BYTES_MAX",
     "INFLIGHT_MSGS_MAX",
+    "LEARNER_CATCHUP_ENTRIES_MAX",
     "MSG_BYTES_MAX",
     "PEER_SEND_QUEUE_MSGS_MAX",
     "PROPOSAL_BYTES_MAX",
@@ -66,6 +67,9 @@ SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 #: Messages queued for one peer before new ones are dropped (Raft retries
 #: everything it needs, so dropping under pressure is safe; growing is not).
 PEER_SEND_QUEUE_MSGS_MAX = 4096
+
+#: A learner may be promoted only when it is at most this many entries behind the leader.
+LEARNER_CATCHUP_ENTRIES_MAX = 1000
 
 #: A WAL segment is closed and a new one started past this size.
 WAL_SEGMENT_BYTES = 64 * 1024 * 1024

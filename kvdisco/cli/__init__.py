@@ -1,0 +1,1 @@
+"""Command-line entry points: `kvdisco` (server) and, later, `kvctl` (client)."""

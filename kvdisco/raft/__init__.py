@@ -1,0 +1,61 @@
+"""kvdisco's Raft library: a sans-I/O consensus core, a durable log, a TCP transport and an asyncio driver.
+
+It imports nothing from the rest of kvdisco and can be used on its own: give
+:class:`Node` a :class:`StateMachine` and it replicates that machine's
+commands across 1, 3 or 5 processes. See docs/raft.md.
+"""
+
+from ._core import Config, ConfChangeError
+from ._messages import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    ReadState,
+    Ready,
+    SnapshotMeta,
+    SoftState,
+    StateRole,
+)
+from ._rawnode import RawNode
+from .errors import (
+    CorruptLogError,
+    InvariantViolation,
+    MessageTooLarge,
+    NotLeader,
+    ProposalDropped,
+    ProtocolError,
+    RaftError,
+    StorageError,
+)
+
+__all__ = [
+    "ConfChange",
+    "ConfChangeError",
+    "ConfChangeType",
+    "ConfState",
+    "Config",
+    "CorruptLogError",
+    "Entry",
+    "EntryType",
+    "HardState",
+    "InvariantViolation",
+    "Message",
+    "MessageTooLarge",
+    "MessageType",
+    "NotLeader",
+    "ProposalDropped",
+    "ProtocolError",
+    "RaftError",
+    "RawNode",
+    "ReadState",
+    "Ready",
+    "SnapshotMeta",
+    "SoftState",
+    "StateRole",
+    "StorageError",
+]

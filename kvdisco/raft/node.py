@@ -1,0 +1,680 @@
+"""The asyncio driver: runs the sans-I/O core against real disks, sockets and time.
+
+The Ready contract, kept in this order by :meth:`Node._run`:
+
+1. send ``messages_before_persist`` (the leader's outbound log, thesis §10.2.1);
+2. persist the snapshot, entries and hard state with one fsync (in the I/O thread,
+   so the event loop keeps stepping messages and taking proposals meanwhile);
+3. send ``messages`` (votes, acks: only now is what they promise durable);
+4. restore the snapshot, apply committed entries, answer waiting callers;
+5. ``advance`` the core.
+
+Everything the core needs to know arrives through the event loop thread; the
+I/O thread only ever touches :class:`DiskStorage`, one call at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgpack
+
+from . import limits
+from ._codec import decode_conf_change, encode_conf_change
+from ._core import Config
+from ._messages import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    Ready,
+    SnapshotMeta,
+    StateRole,
+)
+from ._rawnode import RawNode
+from .errors import InvariantViolation, NotLeader, ProposalDropped, RaftError
+from .storage import DiskStorage
+from .transport import PeerTransport
+
+__all__ = ["MemberInfo", "Node", "NodeConfig", "StateMachine", "member_id"]
+
+log = logging.getLogger("kvdisco.raft.node")
+
+#: A read waits at most this long for its ReadIndex round before failing (the leader may have changed).
+READ_TIMEOUT_S = 5.0
+
+#: Applied entries between two automatic snapshots (etcd's --snapshot-count defaults to 100,000;
+#: a Python node replays more slowly, so it snapshots more often).
+SNAPSHOT_ENTRIES = 20_000
+
+
+class StateMachine(Protocol):
+    """What the library replicates. ``apply`` must be deterministic and must not raise for bad
+    commands: return an error value instead (an exception is a bug and stops the node)."""
+
+    def apply(self, index: int, command: bytes) -> Any: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """What the cluster records about a member, carried in its conf change's context."""
+
+    id: int
+    name: str
+    peer_url: str
+    client_urls: tuple[str, ...] = ()
+
+    def encode(self) -> bytes:
+        return msgpack.packb({"name": self.name, "peer": self.peer_url, "client": list(self.client_urls)})
+
+    @classmethod
+    def decode(cls, node_id: int, data: bytes) -> MemberInfo:
+        try:
+            d = msgpack.unpackb(data)
+            return cls(node_id, str(d["name"]), str(d["peer"]), tuple(str(u) for u in d.get("client", ())))
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            return cls(node_id, "", "")
+
+    def peer_host_port(self) -> tuple[str, int]:
+        return parse_host_port(self.peer_url)
+
+
+def member_id(name: str) -> int:
+    """A member's id from its name: stable across restarts, non-zero, 63 bits (etcd shows ids as int64)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1 or 1
+
+
+def parse_host_port(url: str) -> tuple[str, int]:
+    rest = url.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected host:port in {url!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    data_dir: Path
+    peer_url: str
+    #: Initial members (name -> peer URL), used only to bootstrap a new cluster.
+    initial_cluster: dict[str, str]
+    client_urls: tuple[str, ...] = ()
+    #: Join an existing cluster instead of bootstrapping one (etcd's --initial-cluster-state existing).
+    join: bool = False
+    tick_interval_s: float = limits.TICK_INTERVAL_S
+    election_ticks: int = limits.ELECTION_TICKS
+    heartbeat_ticks: int = limits.HEARTBEAT_TICKS
+    snapshot_entries: int = SNAPSHOT_ENTRIES
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def node_id(self) -> int:
+        return member_id(self.name)
+
+    @property
+    def cluster_id(self) -> int:
+        """Nodes bootstrapped from different initial clusters must never talk: their logs differ at index 1."""
+        text = ",".join(f"{n}={u}" for n, u in sorted(self.initial_cluster.items()))
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+@dataclass
+class _Waiter:
+    term: int
+    future: asyncio.Future[Any]
+
+
+class Node:
+    """A Raft peer: durable log, peer transport, and the loop that drives the core."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        state_machine: StateMachine,
+        *,
+        on_leader_change: Callable[[int, bool], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.sm = state_machine
+        self._on_leader_change = on_leader_change
+        self._storage: DiskStorage | None = None
+        self._rn: RawNode | None = None
+        self._transport: PeerTransport | None = None
+        self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-io-{config.name}")
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._waiters: dict[int, _Waiter] = {}
+        self._reads: dict[bytes, list[asyncio.Future[int]]] = {}
+        self._read_batch: list[asyncio.Future[int]] = []
+        self._read_seq = 0
+        self._reads_waiting_apply: list[tuple[int, list[asyncio.Future[int]]]] = []
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._early_scheduled = False
+        self._members: dict[int, MemberInfo] = {}
+        self._snapshot_cache: tuple[int, bytes] | None = None
+        self._closing = False
+        self.failure: BaseException | None = None
+        self._stopped = asyncio.Event()
+        self.metrics: dict[str, float] = {
+            "proposals_committed": 0,
+            "proposals_failed": 0,
+            "fsyncs": 0,
+            "fsync_seconds_total": 0.0,
+            "snapshots_taken": 0,
+            "snapshots_received": 0,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        storage = await loop.run_in_executor(self._io, lambda: DiskStorage.open(cfg.data_dir, logger=log))
+        self._storage = storage
+        if storage.hard_state == HardState() and not storage.entries and storage.snapshot.index == 0:
+            if not cfg.join:
+                await loop.run_in_executor(self._io, self._bootstrap)
+        for name, url in cfg.initial_cluster.items():
+            nid = member_id(name)
+            self._members.setdefault(nid, MemberInfo(nid, name, url))
+        self._members[self.id] = MemberInfo(self.id, cfg.name, cfg.peer_url, cfg.client_urls)
+        snap_data = storage.load_snapshot_data()
+        if snap_data is not None:
+            self.sm.restore(snap_data)
+            self._snapshot_cache = (storage.snapshot.index, snap_data)
+        # Members known from the snapshot's membership (their addresses come back as conf entries replay).
+        raft_cfg = Config(
+            self.id,
+            election_ticks=cfg.election_ticks,
+            heartbeat_ticks=cfg.heartbeat_ticks,
+            seed=int.from_bytes(os.urandom(8), "big"),
+        )
+        self._rn = RawNode(
+            raft_cfg, hard_state=storage.hard_state, snapshot=storage.snapshot, entries=list(storage.entries)
+        )
+        self._load_member_addresses(storage)
+        host, port = parse_host_port(cfg.peer_url)
+        self._transport = PeerTransport(
+            self.id,
+            cfg.cluster_id,
+            host,
+            port,
+            on_message=self._on_peer_message,
+            on_unreachable=self._on_unreachable,
+            on_snapshot_status=self._on_snapshot_status,
+            logger=logging.getLogger("kvdisco.raft.transport"),
+        )
+        await self._transport.start()
+        for m in self._members.values():
+            if m.id != self.id and m.peer_url:
+                self._transport.set_peer(m.id, *m.peer_host_port())
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"raft-loop-{cfg.name}"),
+            asyncio.create_task(self._ticker(), name=f"raft-tick-{cfg.name}"),
+        ]
+        self._wake.set()
+        log.info("raft node %s (%x) started: %s", cfg.name, self.id, self._rn.status())
+
+    def _bootstrap(self) -> None:
+        """A new cluster: every initial member writes the same first entries, one ADD_VOTER per member."""
+        assert self._storage is not None
+        members = sorted((member_id(n), n, u) for n, u in self.config.initial_cluster.items())
+        if self.id not in {m[0] for m in members}:
+            raise RaftError(f"member {self.config.name!r} is not in the initial cluster")
+        entries = []
+        for i, (nid, name, url) in enumerate(members, start=1):
+            cc = ConfChange(ConfChangeType.ADD_VOTER, nid, MemberInfo(nid, name, url).encode())
+            entries.append(Entry(1, i, encode_conf_change(cc), EntryType.CONF_CHANGE))
+        self._storage.save(entries, HardState(1, 0, len(entries)))
+
+    def _load_member_addresses(self, storage: DiskStorage) -> None:
+        for e in storage.entries:
+            if e.type == EntryType.CONF_CHANGE:
+                cc = decode_conf_change(e.data)
+                if cc.type != ConfChangeType.REMOVE_NODE and cc.context:
+                    self._members[cc.node_id] = MemberInfo.decode(cc.node_id, cc.context)
+
+    async def stop(self) -> None:
+        """Stop driving the core, then close peers and the log. Pending callers get ProposalDropped."""
+        if self._closing:
+            await self._stopped.wait()
+            return
+        self._closing = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # already logged where it happened
+                pass
+        self._fail_all(ProposalDropped("node is stopping"))
+        if self._transport is not None:
+            await self._transport.close()
+        if self._storage is not None:
+            storage = self._storage
+            await asyncio.get_running_loop().run_in_executor(self._io, storage.close)
+        self._io.shutdown(wait=True)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # -- public API --------------------------------------------------------------------------------------------------
+
+    @property
+    def rawnode(self) -> RawNode:
+        if self._rn is None:
+            raise RaftError("node not started")
+        return self._rn
+
+    @property
+    def leader_id(self) -> int:
+        return self.rawnode.leader_id
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rawnode.role == StateRole.LEADER
+
+    @property
+    def term(self) -> int:
+        return self.rawnode.raft.term
+
+    @property
+    def applied_index(self) -> int:
+        return self.rawnode.raft.log.applied
+
+    @property
+    def commit_index(self) -> int:
+        return self.rawnode.raft.log.committed
+
+    def members(self) -> dict[int, MemberInfo]:
+        cs = self.rawnode.conf_state()
+        return {nid: self._members.get(nid, MemberInfo(nid, "", "")) for nid in sorted(cs.voters | cs.learners)}
+
+    def member(self, node_id: int) -> MemberInfo | None:
+        return self._members.get(node_id)
+
+    def status(self) -> dict[str, Any]:
+        st = self.rawnode.status()
+        st["name"] = self.config.name
+        st["metrics"] = dict(self.metrics)
+        if self._transport is not None:
+            st["transport"] = self._transport.stats()
+        return st
+
+    def _not_leader(self) -> NotLeader:
+        lead = self.rawnode.leader_id
+        info = self._members.get(lead)
+        return NotLeader(lead, info.peer_url if info else None)
+
+    def _check_running(self) -> None:
+        if self.failure is not None:
+            raise RaftError(f"node has failed: {self.failure}")
+        if self._closing:
+            raise ProposalDropped("node is stopping")
+
+    async def propose(self, data: bytes) -> Any:
+        """Replicate ``data`` and return what the state machine's ``apply`` returned for it.
+
+        Raises NotLeader on a follower, ProposalDropped when the entry was overwritten by a new
+        leader (it was not applied). Cancelling the wait does not withdraw the proposal.
+        """
+        self._check_running()
+        rn = self.rawnode
+        try:
+            index, term = rn.propose(data)
+        except NotLeader:
+            raise self._not_leader() from None
+        fut = self._wait_for_entry(index, term)
+        self._poke()
+        return await fut
+
+    def _wait_for_entry(self, index: int, term: int) -> asyncio.Future[Any]:
+        old = self._waiters.get(index)
+        if old is not None and not old.future.done():
+            # We lost leadership, the entry was truncated, and we lead again at the same index.
+            old.future.set_exception(ProposalDropped("the entry was replaced by a new leader's log"))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters[index] = _Waiter(term, fut)
+        return fut
+
+    async def _propose_conf_change(self, cc: ConfChange) -> ConfState:
+        self._check_running()
+        try:
+            index, term = self.rawnode.propose_conf_change(cc)
+        except NotLeader:
+            raise self._not_leader() from None
+        fut = self._wait_for_entry(index, term)
+        self._poke()
+        result: ConfState = await fut
+        return result
+
+    async def add_member(self, info: MemberInfo, *, learner: bool = True) -> ConfState:
+        """Add a member, as a learner by default (promote it once it has caught up)."""
+        kind = ConfChangeType.ADD_LEARNER if learner else ConfChangeType.ADD_VOTER
+        return await self._propose_conf_change(ConfChange(kind, info.id, info.encode()))
+
+    async def promote_member(self, node_id: int) -> ConfState:
+        info = self._members.get(node_id)
+        if node_id not in self.rawnode.conf_state().learners:
+            raise RaftError(f"member {node_id:x} is not a learner")
+        rs = self.rawnode.raft
+        pr = rs.prs.get(node_id) if rs.role == StateRole.LEADER else None
+        if pr is not None and pr.match + limits.LEARNER_CATCHUP_ENTRIES_MAX < rs.log.last_index():
+            raise RaftError(f"learner {node_id:x} has not caught up yet (match {pr.match}, last {rs.log.last_index()})")
+        ctx = info.encode() if info else b""
+        return await self._propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, node_id, ctx))
+
+    async def remove_member(self, node_id: int) -> ConfState:
+        return await self._propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, node_id))
+
+    def transfer_leadership(self, target: int) -> None:
+        self.rawnode.transfer_leader(target)
+        self._poke()
+
+    async def linearizable_read(self) -> int:
+        """Wait until this node may serve a read that sees every write acknowledged before the call.
+
+        Returns the index the local state machine has applied to (at least the ReadIndex).
+        Concurrent callers share one ReadIndex round.
+        """
+        self._check_running()
+        if self.rawnode.leader_id == 0:
+            raise NotLeader(0)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._read_batch.append(fut)
+        if len(self._read_batch) == 1:
+            asyncio.get_running_loop().call_soon(self._issue_read)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), READ_TIMEOUT_S)
+        except TimeoutError:
+            raise ProposalDropped("read index round timed out (leader change?); retry") from None
+
+    async def wait_applied(self, index: int) -> None:
+        if self.applied_index >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((index, fut))
+        await fut
+
+    # -- input from the loop -----------------------------------------------------------------------------------------
+
+    def _issue_read(self) -> None:
+        batch, self._read_batch = self._read_batch, []
+        if not batch:
+            return
+        self._read_seq += 1
+        ctx = self._read_seq.to_bytes(8, "big")
+        try:
+            self.rawnode.read_index(ctx)
+        except NotLeader as exc:
+            for f in batch:
+                if not f.done():
+                    f.set_exception(NotLeader(exc.leader_hint))
+            return
+        self._reads[ctx] = batch
+        self._poke()
+
+    def _poke(self) -> None:
+        self._wake.set()
+        if not self._early_scheduled:
+            self._early_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_early)
+
+    def _flush_early(self) -> None:
+        self._early_scheduled = False
+        if self._rn is None or self._transport is None or self._closing:
+            return
+        self._send_all(self._rn.take_early_messages())
+
+    def _on_peer_message(self, msg: Message) -> None:
+        if self._rn is None or self._closing:
+            return
+        if not self._rn.step(msg):
+            log.warning("dropped a %s from %x that no peer may send", msg.type.name, msg.frm)
+            return
+        self._poke()
+
+    def _on_unreachable(self, node_id: int) -> None:
+        if self._rn is not None and not self._closing:
+            self._rn.report_unreachable(node_id)
+
+    def _on_snapshot_status(self, node_id: int, ok: bool) -> None:
+        if self._rn is not None and not self._closing:
+            self._rn.report_snapshot(node_id, ok)
+            self._poke()
+
+    async def _ticker(self) -> None:
+        interval = self.config.tick_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self.rawnode.tick()
+            self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                rn = self.rawnode
+                self._send_all(rn.take_early_messages())
+                while rn.has_ready():
+                    await self._handle_ready(rn.ready())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # A storage failure or a broken invariant: going on could lose acknowledged data. Stop loudly.
+            self.failure = exc
+            log.critical("raft node %s stopped: %s", self.config.name, exc, exc_info=exc)
+            self._fail_all(ProposalDropped(f"node failed: {exc}"))
+            self._stopped.set()
+            raise
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        rn = self.rawnode
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.leader_id, rd.soft_state.role)
+        self._send_all(rd.messages_before_persist)
+        if rd.must_sync():
+            t0 = time.perf_counter()
+            await asyncio.get_running_loop().run_in_executor(self._io, self._persist, rd)
+            self.metrics["fsyncs"] += 1
+            self.metrics["fsync_seconds_total"] += time.perf_counter() - t0
+        self._send_all(rd.messages)
+        if rd.snapshot is not None and rd.snapshot_data is not None:
+            self.sm.restore(rd.snapshot_data)
+            self._snapshot_cache = (rd.snapshot.index, rd.snapshot_data)
+            self.metrics["snapshots_received"] += 1
+            self._fail_waiters_below(rd.snapshot.index + 1)
+        conf_done: list[asyncio.Future[Any]] = []
+        if rd.committed_entries:
+            self._apply(rd.committed_entries, conf_done)
+        rn.advance(rd)
+        for fut in conf_done:
+            fut.set_result(rn.conf_state())
+        if rd.read_states:
+            for rs in rd.read_states:
+                futs = self._reads.pop(rs.context, None)
+                if futs:
+                    self._reads_waiting_apply.append((rs.index, futs))
+        self._release_reads()
+        if rd.committed_entries:
+            await self._maybe_snapshot()
+
+    def _persist(self, rd: Ready) -> None:
+        storage = self._storage
+        assert storage is not None
+        if rd.snapshot is not None:
+            if rd.snapshot_data is None:
+                raise InvariantViolation("a Ready snapshot without its data")
+            storage.save_snapshot(rd.snapshot, rd.snapshot_data)
+        if rd.entries or rd.hard_state is not None:
+            storage.save(rd.entries, rd.hard_state)
+
+    def _apply(self, entries: list[Entry], conf_done: list[asyncio.Future[Any]]) -> None:
+        waiters = self._waiters
+        for e in entries:
+            result: Any = None
+            if e.type == EntryType.CONF_CHANGE:
+                self._apply_conf_change_io(decode_conf_change(e.data))
+            elif e.data:
+                result = self.sm.apply(e.index, e.data)
+            if waiters:
+                w = waiters.pop(e.index, None)
+                if w is not None and not w.future.done():
+                    if w.term != e.term:
+                        w.future.set_exception(ProposalDropped("the entry was replaced by a new leader's log"))
+                        self.metrics["proposals_failed"] += 1
+                    elif e.type == EntryType.CONF_CHANGE:
+                        conf_done.append(w.future)  # the core applies it in advance(); answer after that
+                    else:
+                        w.future.set_result(result)
+                        self.metrics["proposals_committed"] += 1
+        last = entries[-1].index
+        if self._applied_waiters:
+            keep = []
+            for idx, fut in self._applied_waiters:
+                if idx <= last:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    keep.append((idx, fut))
+            self._applied_waiters = keep
+
+    def _apply_conf_change_io(self, cc: ConfChange) -> None:
+        transport = self._transport
+        if cc.type == ConfChangeType.REMOVE_NODE:
+            if transport is not None and cc.node_id != self.id:
+                transport.remove_peer(cc.node_id)
+            if cc.node_id == self.id:
+                log.warning("this member (%x) was removed from the cluster", self.id)
+            return
+        if cc.context:
+            info = MemberInfo.decode(cc.node_id, cc.context)
+            self._members[cc.node_id] = info
+            if transport is not None and cc.node_id != self.id and info.peer_url:
+                transport.set_peer(cc.node_id, *info.peer_host_port())
+
+    def _release_reads(self) -> None:
+        if not self._reads_waiting_apply:
+            return
+        applied = self.rawnode.raft.log.applied
+        keep = []
+        for index, futs in self._reads_waiting_apply:
+            if index <= applied:
+                for f in futs:
+                    if not f.done():
+                        f.set_result(applied)
+            else:
+                keep.append((index, futs))
+        self._reads_waiting_apply = keep
+
+    async def _maybe_snapshot(self) -> None:
+        rn = self.rawnode
+        log_ = rn.raft.log
+        if log_.applied - log_.snapshot.index < self.config.snapshot_entries:
+            return
+        term = log_.term(log_.applied)
+        if term is None:
+            return
+        meta = SnapshotMeta(log_.applied, term, rn.conf_state())
+        data = self.sm.snapshot()
+        storage = self._storage
+        assert storage is not None
+        await asyncio.get_running_loop().run_in_executor(self._io, storage.save_snapshot, meta, data)
+        rn.compact(meta)
+        self._snapshot_cache = (meta.index, data)
+        self.metrics["snapshots_taken"] += 1
+        log.info("snapshot at index %d (%d bytes); log compacted", meta.index, len(data))
+
+    def _send_all(self, msgs: list[Message]) -> None:
+        transport = self._transport
+        if transport is None or not msgs:
+            return
+        for m in msgs:
+            if m.type == MessageType.SNAP:
+                data = self._snapshot_data_for(m)
+                if data is None:
+                    self.rawnode.report_snapshot(m.to, False)
+                    continue
+                m.snapshot_data = data
+            try:
+                transport.send(m)
+            except RaftError as exc:
+                log.error("could not send %s to %x: %s", m.type.name, m.to, exc)
+
+    def _snapshot_data_for(self, m: Message) -> bytes | None:
+        if m.snapshot is None:
+            return None
+        if self._snapshot_cache is not None and self._snapshot_cache[0] == m.snapshot.index:
+            return self._snapshot_cache[1]
+        storage = self._storage
+        if storage is None or storage.snapshot.index != m.snapshot.index:
+            return None
+        data = storage.load_snapshot_data()
+        if data is not None:
+            self._snapshot_cache = (m.snapshot.index, data)
+        return data
+
+    def _on_soft_state(self, leader_id: int, role: StateRole) -> None:
+        log.info("member %s: role %s, leader %x, term %d", self.config.name, role.name, leader_id, self.term)
+        if self._reads:
+            # Reads in flight were addressed to the old leader; their answers may never come.
+            for futs in self._reads.values():
+                for f in futs:
+                    if not f.done():
+                        f.set_exception(ProposalDropped("leader changed during the read; retry"))
+            self._reads.clear()
+        if self._on_leader_change is not None:
+            self._on_leader_change(leader_id, role == StateRole.LEADER)
+
+    def _fail_waiters_below(self, index: int) -> None:
+        """After a snapshot restore, entries at or below it will not be applied here one by one."""
+        for idx in [i for i in self._waiters if i < index]:
+            w = self._waiters.pop(idx)
+            if not w.future.done():
+                w.future.set_exception(ProposalDropped("outcome unknown: state replaced by a snapshot"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        for w in self._waiters.values():
+            if not w.future.done():
+                w.future.set_exception(exc)
+        self._waiters.clear()
+        for futs in list(self._reads.values()) + [f for _, f in self._reads_waiting_apply]:
+            for f in futs:
+                if not f.done():
+                    f.set_exception(exc)
+        self._reads.clear()
+        self._reads_waiting_apply.clear()
+        for f in self._read_batch:
+            if not f.done():
+                f.set_exception(exc)
+        self._read_batch.clear()
+        for _, fut in self._applied_waiters:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._applied_waiters.clear()
+

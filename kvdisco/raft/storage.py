@@ -1,0 +1,566 @@
+"""The durable Raft log: a segmented write-ahead log plus snapshot files.
+
+The byte layout and the recovery rules are specified in docs/raft-storage.md;
+change the two together. Nothing here is thread-safe: one driver owns it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ._codec import decode_snapshot_meta, encode_snapshot_meta, obj_to_entry, pack, unpack
+from ._messages import Entry, EntryType, HardState, SnapshotMeta
+from .errors import CorruptLogError, StorageError
+from .limits import PROPOSAL_BYTES_MAX, WAL_SEGMENT_BYTES
+
+__all__ = ["DiskStorage"]
+
+#: Largest WAL record payload. A record holds one entry and an entry is one
+#: proposal, so a bigger length field is damage, not data: refusing it stops a
+#: flipped bit from posing as a torn tail that would swallow the rest of the log.
+WAL_RECORD_BYTES_MAX = PROPOSAL_BYTES_MAX + 64 * 1024
+
+#: Snapshot files kept on disk: the one in force plus one spare for an operator.
+SNAP_FILES_KEPT = 2
+
+# WAL record kinds (first element of every payload; never renumber).
+_ENTRY = 0
+_HARD_STATE = 1
+_SNAPSHOT = 2
+
+_HEADER = struct.Struct(">II")  # payload length, zlib.crc32(payload)
+_SNAP_MAGIC = b"KVDSNAP1"
+_SNAP_HEADER = struct.Struct(">8sIIQ")  # magic, crc32(meta + data), len(meta), len(data)
+_SEGMENT_RE = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.wal")
+_SNAP_RE = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.snap")
+_ENTRY_TYPES = frozenset(int(t) for t in EntryType)
+
+
+@dataclass(frozen=True, slots=True)
+class _Marker:
+    """SNAPSHOT record. ``keep``: entries after ``index`` survived (the log matched the snapshot)."""
+
+    index: int
+    term: int
+    keep: bool
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class _Segment:
+    seq: int
+    #: last_index() + 1 when the segment was created; entries below it live in older segments.
+    first_index: int
+    path: str
+
+
+def _record(payload: bytes) -> bytes:
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _marker_record(index: int, term: int, keep: bool) -> bytes:
+    return _record(pack([_SNAPSHOT, index, term, keep]))
+
+
+def _hard_state_record(hs: HardState) -> bytes:
+    return _record(pack([_HARD_STATE, hs.term, hs.vote, hs.commit]))
+
+
+def _uint(v: Any, what: str) -> int:
+    if type(v) is not int or v < 0:
+        raise ValueError(f"{what}: expected a non-negative integer, got {v!r}")
+    return v
+
+
+def _decode(obj: Any) -> Entry | HardState | _Marker:
+    """Turn one unpacked payload into a record; ValueError if its shape is wrong."""
+    if type(obj) is not list or not obj or type(obj[0]) is not int:
+        raise ValueError("payload is not an array starting with a record kind")
+    kind = obj[0]
+    if kind == _ENTRY:
+        return obj_to_entry(obj[1:])
+    if kind == _HARD_STATE and len(obj) == 4:
+        return HardState(_uint(obj[1], "term"), _uint(obj[2], "vote"), _uint(obj[3], "commit"))
+    if kind == _SNAPSHOT and len(obj) == 4 and type(obj[3]) is bool:
+        return _Marker(_uint(obj[1], "snapshot index"), _uint(obj[2], "snapshot term"), obj[3])
+    raise ValueError(f"unknown record kind {kind} or wrong field count {len(obj)}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Torn:
+    reason: str
+
+
+def _records(path: str, data: bytes, is_last: bool) -> Iterator[tuple[int, Entry | HardState | _Marker | _Torn]]:
+    """Yield (offset, record) for each good record; a torn tail of the last segment ends with a _Torn."""
+    view = memoryview(data)
+    pos, n = 0, len(data)
+    while pos < n:
+        head = min(n - pos, _HEADER.size)
+        if data.count(0, pos, pos + head) == head and data.count(0, pos) == n - pos:
+            torn = "trailing zero bytes"
+        elif head < _HEADER.size:
+            torn = "record header runs past end of file"
+        else:
+            length, crc = _HEADER.unpack_from(data, pos)
+            end = pos + _HEADER.size + length
+            if length > WAL_RECORD_BYTES_MAX:
+                raise CorruptLogError(path, pos, f"record length {length} exceeds {WAL_RECORD_BYTES_MAX}")
+            if end > n:
+                torn = "record payload runs past end of file"
+            elif zlib.crc32(view[pos + _HEADER.size : end]) != crc:
+                if end != n:
+                    raise CorruptLogError(path, pos, "checksum mismatch with more records after it")
+                torn = "checksum mismatch in the final record"
+            else:
+                try:
+                    rec = _decode(unpack(data[pos + _HEADER.size : end]))
+                except ValueError as exc:
+                    raise CorruptLogError(path, pos, f"undecodable record: {exc}") from exc
+                yield pos, rec
+                pos = end
+                continue
+        if not is_last:
+            raise CorruptLogError(path, pos, f"{torn} in a segment that is not the last")
+        yield pos, _Torn(torn)
+        return
+
+
+class _Replay:
+    """Log state rebuilt record by record, mirroring what DiskStorage did live.
+
+    Invariant: entries[k].index == base + 1 + k, and base >= snap_index. base > snap_index
+    means entries (snap_index, base] sat in deleted segments; a later snapshot marker
+    must cover them, or the log lost data.
+    """
+
+    def __init__(self, marker: _Marker, base: int) -> None:
+        if base < marker.index:
+            raise ValueError(f"segment first index {base + 1} is below its snapshot marker {marker.index}")
+        self.snap_index, self.snap_term, self.base = marker.index, marker.term, base
+        self.entries: list[Entry] = []
+        self.hard_state = HardState()
+
+    def last(self) -> int:
+        return self.base + len(self.entries)
+
+    def entry(self, e: Entry) -> None:
+        i, last = e.index, self.last()
+        if i <= self.snap_index or i > last + 1:
+            raise ValueError(f"entry {i} outside ({self.snap_index}, {last + 1}]: the log is not contiguous")
+        if i <= self.base:  # overwrites a prefix we never saw: restart the known part here
+            self.entries.clear()
+            self.base = i - 1
+        else:
+            del self.entries[i - self.base - 1 :]
+        prev = self.entries[-1].term if self.entries else self.snap_term
+        if e.term < max(prev, 1):
+            raise ValueError(f"entry {i} has term {e.term} below the previous term {prev}")
+        self.entries.append(e)
+
+    def marker(self, m: _Marker) -> None:
+        if m.index <= self.snap_index or m.term < self.snap_term:
+            raise ValueError(f"snapshot marker {m.index}/{m.term} does not follow {self.snap_index}/{self.snap_term}")
+        k = m.index - self.base  # position after entry m.index in self.entries, if known
+        known = 0 < k <= len(self.entries)
+        if m.keep:
+            if k > len(self.entries):
+                raise ValueError(f"marker at {m.index} keeps entries but the log ends at {self.last()}")
+            if known and self.entries[k - 1].term != m.term:
+                raise ValueError(
+                    f"marker at {m.index} keeps entries but entry term {self.entries[k - 1].term} != {m.term}"
+                )
+            if k >= 0:
+                del self.entries[:k]
+                self.base = m.index
+        else:
+            if known and self.entries[k - 1].term == m.term:
+                raise ValueError(f"marker at {m.index} dropped entries that matched its term {m.term}")
+            self.entries.clear()
+            self.base = m.index
+        self.snap_index, self.snap_term = m.index, m.term
+
+    def set_hard_state(self, hs: HardState) -> None:
+        if hs.term < self.hard_state.term:
+            raise ValueError(f"hard state term went back from {self.hard_state.term} to {hs.term}")
+        self.hard_state = hs
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: str, chunks: list[bytes]) -> None:
+    """Write a new file as temp + fsync + rename + fsync(dir): readers see all of it or none."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for chunk in chunks:
+            _write_all(fd, chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _write_all(fd: int, buf: bytes) -> None:
+    view = memoryview(buf)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class DiskStorage:
+    """Raft's stable storage: hard state, the log after the snapshot, and the snapshot.
+
+    Invariants (checked on save and again on load): entries are contiguous and
+    entries[0].index == snapshot.index + 1; entry terms never decrease and are >= snapshot.term;
+    hard_state.term never decreases; hard_state.commit <= last_index(); no entry at or below
+    the stored commit is ever rewritten with another term.
+    The ``entries`` list is owned by the storage: read it, never mutate it.
+    """
+
+    hard_state: HardState
+    snapshot: SnapshotMeta
+    entries: list[Entry]
+
+    def __init__(self, data_dir: str, segment_bytes: int, logger: logging.Logger) -> None:
+        self._wal_dir = os.path.join(data_dir, "wal")
+        self._snap_dir = os.path.join(data_dir, "snap")
+        self._segment_bytes = segment_bytes
+        self._log = logger
+        self._segments: list[_Segment] = []
+        self._fd = -1
+        self._segment_size = 0
+        self._failure: str | None = None
+        self.hard_state, self.snapshot, self.entries = HardState(), SnapshotMeta(), []
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | os.PathLike[str],
+        *,
+        segment_bytes: int = WAL_SEGMENT_BYTES,
+        logger: logging.Logger | None = None,
+    ) -> DiskStorage:
+        """Create data_dir/wal and data_dir/snap if missing, then recover."""
+        if segment_bytes <= 0:
+            raise StorageError(f"segment_bytes must be positive, got {segment_bytes}")
+        st = cls(os.fspath(data_dir), segment_bytes, logger or logging.getLogger(__name__))
+        try:
+            for d in (st._wal_dir, st._snap_dir):
+                if not os.path.isdir(d):
+                    os.makedirs(d)
+                    _fsync_dir(os.path.dirname(d))
+            st._recover()
+        except OSError as exc:
+            raise StorageError(f"cannot recover the log in {os.fspath(data_dir)}: {exc}") from exc
+        return st
+
+    # --- recovery ---------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        for d in (self._wal_dir, self._snap_dir):
+            for name in os.listdir(d):
+                if name.endswith(".tmp"):  # an interrupted _write_file: never made visible
+                    os.unlink(os.path.join(d, name))
+        segments = []
+        for name in os.listdir(self._wal_dir):
+            m = _SEGMENT_RE.fullmatch(name)
+            if m is None:
+                raise StorageError(f"unexpected file in {self._wal_dir}: {name}")
+            segments.append(_Segment(int(m[1], 16), int(m[2], 16), os.path.join(self._wal_dir, name)))
+        segments.sort()
+        for a, b in itertools.pairwise(segments):
+            if b.seq != a.seq + 1:
+                raise StorageError(f"WAL segment {a.seq + 1:016x} is missing between {a.path} and {b.path}")
+        if not segments:
+            if self._snapshot_files():
+                raise StorageError(f"snapshot files exist but {self._wal_dir} has no segments: was the WAL lost?")
+            self._segments = []
+            self._create_segment(seq=0)
+            return
+        rep, end = self._replay_segment(segments[0], None, is_last=len(segments) == 1)
+        for n, seg in enumerate(segments[1:], start=2):
+            rep, end = self._replay_segment(seg, rep, is_last=n == len(segments))
+        if rep.base > rep.snap_index:
+            raise StorageError(f"entries {rep.snap_index + 1}..{rep.base} are missing: a WAL segment was lost")
+        if rep.hard_state.commit > rep.last():
+            raise StorageError(f"hard state commit {rep.hard_state.commit} is past the last entry {rep.last()}")
+        self.hard_state, self.entries = rep.hard_state, rep.entries
+        if rep.snap_index:
+            path = self._snap_path(rep.snap_index, rep.snap_term)
+            self.snapshot, _ = self._read_snapshot(path, rep.snap_index, rep.snap_term)
+        for index, term, path in self._snapshot_files():
+            if index > self.snapshot.index or (index == self.snapshot.index and term != self.snapshot.term):
+                self._log.warning("removing snapshot file %s: it was written but never installed", path)
+                os.unlink(path)
+        self._segments = segments
+        self._fd = os.open(segments[-1].path, os.O_WRONLY | os.O_APPEND)
+        self._segment_size = end
+        self._compact(self.snapshot.index + 1)
+
+    def _replay_segment(self, seg: _Segment, rep: _Replay | None, is_last: bool) -> tuple[_Replay, int]:
+        """Apply one segment's records to ``rep``; return it and the end of the good records."""
+        with open(seg.path, "rb") as f:
+            data = f.read()
+        end, count = len(data), 0
+        for off, rec in _records(seg.path, data, is_last):
+            if isinstance(rec, _Torn):
+                self._log.warning("WAL %s: %s at offset %d; truncating the torn tail", seg.path, rec.reason, off)
+                end = off
+                break
+            try:
+                if count == 0:  # header: the snapshot marker in force when the segment was created
+                    if not isinstance(rec, _Marker):
+                        raise ValueError("segment does not start with a snapshot marker")
+                    if rep is None:
+                        rep = _Replay(rec, seg.first_index - 1)
+                    elif (rec.index, rec.term, rep.last()) != (rep.snap_index, rep.snap_term, seg.first_index - 1):
+                        raise ValueError(
+                            f"segment header (snapshot {rec.index}/{rec.term}, first index {seg.first_index}) does "
+                            f"not continue the log (snapshot {rep.snap_index}/{rep.snap_term}, last {rep.last()})"
+                        )
+                elif rep is None:
+                    raise ValueError("record before the segment header")
+                elif count == 1 and not isinstance(rec, HardState):
+                    raise ValueError("segment header lacks its hard state record")
+                elif isinstance(rec, Entry):
+                    rep.entry(rec)
+                elif isinstance(rec, HardState):
+                    rep.set_hard_state(rec)
+                else:
+                    rep.marker(rec)
+            except ValueError as exc:
+                raise CorruptLogError(seg.path, off, str(exc)) from exc
+            count += 1
+        if rep is None or count < 2:
+            raise CorruptLogError(seg.path, end, "segment lacks its snapshot marker and hard state header")
+        if end < len(data):
+            fd = os.open(seg.path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, end)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return rep, end
+
+    # --- public API -------------------------------------------------------------------------
+
+    def last_index(self) -> int:
+        return self.snapshot.index + len(self.entries)
+
+    def load_snapshot_data(self) -> bytes | None:
+        self._check_usable()
+        if not self.snapshot.index:
+            return None
+        path = self._snap_path(self.snapshot.index, self.snapshot.term)
+        try:
+            return self._read_snapshot(path, self.snapshot.index, self.snapshot.term)[1]
+        except OSError as exc:
+            raise StorageError(f"cannot read snapshot {path}: {exc}") from exc
+
+    def save(self, entries: list[Entry], hard_state: HardState | None) -> None:
+        """Durably append entries and/or hard state with one write and one fdatasync (group commit).
+
+        An entries[0].index at or below last_index() first truncates the log there (Raft conflict
+        truncation). Misuse raises StorageError with nothing written.
+        """
+        self._check_usable()
+        snap, old = self.snapshot, self.entries
+        last, commit = snap.index + len(old), self.hard_state.commit
+        parts: list[bytes] = []
+        new_last = last
+        if entries:
+            first = entries[0].index
+            if type(first) is not int or not snap.index < first <= last + 1:
+                raise StorageError(f"entries start at {first}, outside ({snap.index}, {last + 1}]")
+            # Committed entries are final: an overlap may only repeat them.
+            for k, e in enumerate(entries[: max(0, min(commit, last) - first + 1)]):
+                if e.term != old[first + k - snap.index - 1].term:
+                    raise StorageError(f"entry {first + k} would overwrite a committed entry (commit {commit})")
+            prev = old[first - snap.index - 2].term if first - 1 > snap.index else snap.term
+            prev, expect = max(prev, 1), first
+            header, crc32 = _HEADER.pack, zlib.crc32
+            for e in entries:
+                term = e.term
+                if e.index != expect or type(term) is not int or term < prev:
+                    raise StorageError(f"entry {e.index}/{term}: expected index {expect} and term >= {prev}")
+                if type(e.data) is not bytes or e.type not in _ENTRY_TYPES:
+                    raise StorageError(f"entry {expect}: data must be bytes and type an EntryType")
+                p = pack([_ENTRY, term, expect, int(e.type), e.data])
+                if len(p) > WAL_RECORD_BYTES_MAX:
+                    raise StorageError(f"entry {expect} is {len(p)} bytes, over {WAL_RECORD_BYTES_MAX}")
+                parts.append(header(len(p), crc32(p)))
+                parts.append(p)
+                expect += 1
+                prev = term
+            new_last = expect - 1
+            if new_last < min(commit, last):
+                raise StorageError(f"truncating to {new_last} would drop committed entries (commit {commit})")
+        if hard_state is not None and hard_state != self.hard_state:
+            if hard_state.term < self.hard_state.term:
+                raise StorageError(f"hard state term would go back from {self.hard_state.term} to {hard_state.term}")
+            if hard_state.commit > new_last:
+                raise StorageError(f"hard state commit {hard_state.commit} is past the last entry {new_last}")
+            parts.append(_hard_state_record(hard_state))
+        else:
+            hard_state = None
+        if not parts:
+            return
+        self._append(b"".join(parts))
+        if entries:
+            del old[first - snap.index - 1 :]
+            old.extend(entries)
+        if hard_state is not None:
+            self.hard_state = hard_state
+        self._maybe_roll()
+
+    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Install a snapshot as the new base of the log.
+
+        Entries after meta.index survive only if our entry at meta.index has meta.term (the
+        snapshot is a prefix of our log); otherwise the log restarts at meta.index + 1.
+        """
+        self._check_usable()
+        old = self.snapshot
+        if meta.index <= old.index or meta.term < max(old.term, 1):
+            raise StorageError(f"snapshot {meta.index}/{meta.term} does not follow {old.index}/{old.term}")
+        if not isinstance(data, bytes):
+            raise StorageError("snapshot data must be bytes")
+        k = meta.index - old.index  # entries[:k] are covered by the snapshot
+        keep = k <= len(self.entries) and self.entries[k - 1].term == meta.term
+        if not keep and self.hard_state.commit >= meta.index:
+            raise StorageError(
+                f"snapshot {meta.index}/{meta.term} conflicts with the log below commit {self.hard_state.commit}"
+            )
+        meta_bytes = encode_snapshot_meta(meta)
+        crc = zlib.crc32(data, zlib.crc32(meta_bytes))
+        header = _SNAP_HEADER.pack(_SNAP_MAGIC, crc, len(meta_bytes), len(data))
+        try:
+            _write_file(self._snap_path(meta.index, meta.term), [header, meta_bytes, data])
+        except OSError as exc:
+            raise StorageError(f"cannot write snapshot {meta.index}/{meta.term}: {exc}") from exc
+        self._append(_marker_record(meta.index, meta.term, keep))
+        if keep:
+            del self.entries[:k]
+        else:
+            self.entries.clear()
+        self.snapshot = meta
+        self._maybe_roll()
+        self._compact(meta.index + 1 if keep else None)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._failure = self._failure or "storage is closed"
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise StorageError(f"storage unusable: {self._failure}")
+
+    def _append(self, buf: bytes) -> None:
+        """Append to the current segment and fdatasync; on any failure stop for good (fsync errors are sticky)."""
+        try:
+            _write_all(self._fd, buf)
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            self._failure = f"WAL append failed: {exc}"
+            with contextlib.suppress(OSError):  # never leave a partial record for the next append to bury
+                os.ftruncate(self._fd, self._segment_size)
+            raise StorageError(self._failure) from exc
+        self._segment_size += len(buf)
+
+    def _maybe_roll(self) -> None:
+        if self._segment_size > self._segment_bytes:
+            try:
+                self._create_segment(self._segments[-1].seq + 1)
+            except OSError as exc:
+                self._failure = f"cannot start a new WAL segment: {exc}"
+                raise StorageError(self._failure) from exc
+
+    def _create_segment(self, seq: int) -> None:
+        """Start a segment that opens with the snapshot marker and hard state, so older ones can go."""
+        first = self.last_index() + 1
+        path = os.path.join(self._wal_dir, f"{seq:016x}-{first:016x}.wal")
+        header = _marker_record(self.snapshot.index, self.snapshot.term, True) + _hard_state_record(self.hard_state)
+        _write_file(path, [header])
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._segment_size = fd, len(header)
+        self._segments.append(_Segment(seq, first, path))
+
+    def _compact(self, cut: int | None) -> None:
+        """Delete segments replay no longer needs, then all but the newest SNAP_FILES_KEPT snapshots.
+
+        Replay may start at a segment whose first_index <= cut (cut = snapshot.index + 1): the
+        entries it did not see are all covered by the snapshot. cut None (the log was dropped)
+        lets replay start at the current segment.
+        """
+        segs = self._segments
+        start = len(segs) - 1
+        if cut is not None:
+            while start > 0 and segs[start].first_index > cut:
+                start -= 1
+        try:
+            for seg in segs[:start]:  # oldest first, each durable, so a crash leaves a suffix
+                os.unlink(seg.path)
+                _fsync_dir(self._wal_dir)
+            del segs[:start]
+            snaps = self._snapshot_files()
+            for _, _, path in snaps[: max(0, len(snaps) - SNAP_FILES_KEPT)]:
+                os.unlink(path)
+            if len(snaps) > SNAP_FILES_KEPT:
+                _fsync_dir(self._snap_dir)
+        except OSError as exc:  # nothing durable depends on this: retry at the next snapshot
+            self._log.warning("could not remove obsolete WAL or snapshot files: %s", exc)
+
+    # --- snapshot files ---------------------------------------------------------------------
+
+    def _snap_path(self, index: int, term: int) -> str:
+        return os.path.join(self._snap_dir, f"{index:016x}-{term:016x}.snap")
+
+    def _snapshot_files(self) -> list[tuple[int, int, str]]:
+        found = []
+        for name in os.listdir(self._snap_dir):
+            m = _SNAP_RE.fullmatch(name)
+            if m is not None:
+                found.append((int(m[1], 16), int(m[2], 16), os.path.join(self._snap_dir, name)))
+        return sorted(found)
+
+    def _read_snapshot(self, path: str, index: int, term: int) -> tuple[SnapshotMeta, bytes]:
+        if not os.path.exists(path):
+            raise CorruptLogError(path, 0, f"snapshot file for the WAL's newest marker {index}/{term} is missing")
+        with open(path, "rb") as f:
+            blob = f.read()
+        size = _SNAP_HEADER.size
+        if len(blob) < size or blob[:8] != _SNAP_MAGIC:
+            raise CorruptLogError(path, 0, "not a kvdisco snapshot file (bad magic or short header)")
+        _, crc, meta_len, data_len = _SNAP_HEADER.unpack_from(blob)
+        if len(blob) != size + meta_len + data_len:
+            raise CorruptLogError(path, size, f"length {len(blob) - size} != header's {meta_len} + {data_len}")
+        if zlib.crc32(memoryview(blob)[size:]) != crc:
+            raise CorruptLogError(path, size, "snapshot checksum mismatch")
+        try:
+            meta = decode_snapshot_meta(blob[size : size + meta_len])
+        except ValueError as exc:
+            raise CorruptLogError(path, size, f"undecodable snapshot meta: {exc}") from exc
+        if (meta.index, meta.term) != (index, term):
+            raise CorruptLogError(path, size, f"snapshot meta {meta.index}/{meta.term} != expected {index}/{term}")
+        return meta, blob[size + meta_len :]

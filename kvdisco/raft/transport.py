@@ -1,0 +1,541 @@
+"""Asyncio TCP transport between Raft peers.
+
+Each ordered pair of peers has its own TCP connection, dialled by the
+sender: the dialler only writes and the acceptor only reads.  Each side is
+then one simple loop (one writer task per peer, one reader task per inbound
+connection), and messages to a peer keep their order without any
+acknowledgement protocol; Raft itself resends whatever is lost.  The wire
+format is described in docs/raft-transport.md.
+
+Callbacks are never called from inside :meth:`PeerTransport.send`, so the
+driver may call ``send`` while it walks a ``Ready`` without being re-entered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ._codec import decode_message, encode_message, pack, unpack
+from ._messages import LOCAL_MESSAGES, Message, MessageType
+from .errors import MessageTooLarge, ProtocolError
+from .limits import FRAME_BYTES_MAX, PEER_SEND_QUEUE_MSGS_MAX, SNAPSHOT_CHUNK_BYTES
+
+__all__ = ["SNAPSHOT_BYTES_MAX", "PeerTransport"]
+
+#: Largest snapshot accepted from a peer. The receiver holds it in memory
+#: while it is reassembled, so this bounds one connection's memory.
+SNAPSHOT_BYTES_MAX = 2 * 1024 * 1024 * 1024
+
+#: Frame header: payload length (not counting the header), then frame kind.
+_HEADER = struct.Struct(">IB")
+_FRAME_HELLO = 1
+_FRAME_MSG = 2
+_FRAME_SNAP_CHUNK = 3
+_FRAME_KINDS = frozenset({_FRAME_HELLO, _FRAME_MSG, _FRAME_SNAP_CHUNK})
+_MAGIC = "kvdisco-raft"
+_VERSION = 1
+
+#: msgpack envelope of a snapshot chunk beside its head and data (array,
+#: two bin headers, two 64-bit ints come to 29 bytes).
+_CHUNK_OVERHEAD_BYTES = 64
+#: Frames joined into one socket write; larger batches only cost memory.
+_WRITE_BATCH_BYTES_MAX = 2 * 1024 * 1024
+#: Bytes asked of the socket per read, and the stream buffer before it pauses.
+_READ_BYTES = 256 * 1024
+#: A dial that takes longer than this is treated as a failed one.
+_CONNECT_TIMEOUT_S = 2.0
+#: A write the peer does not take within this long ends the connection, so a
+#: silently dead host is noticed well before TCP's own retransmission timeout.
+_WRITE_TIMEOUT_S = 5.0
+#: Redial backoff: doubles per failure from start to max, with jitter.
+_BACKOFF_START_S = 0.05
+_BACKOFF_MAX_S = 2.0
+#: An inbound connection must identify itself this soon, or it is closed.
+_HELLO_TIMEOUT_S = 5.0
+#: close() waits this long for its tasks to end once their sockets are closed.
+_CLOSE_TIMEOUT_S = 1.0
+#: Inbound connections held at once; a cluster needs one per peer, the
+#: rest of the headroom is for reconnects racing their stale predecessors.
+_INBOUND_CONNS_MAX = 256
+
+
+@dataclass(slots=True)
+class _Counters:
+    frames_sent: int = 0
+    frames_received: int = 0
+    msgs_dropped: int = 0
+    reconnects: int = 0
+    connect_failures: int = 0
+    protocol_errors: int = 0
+    snapshots_sent: int = 0
+    snapshots_failed: int = 0
+    snapshots_received: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Snapshot:
+    """A SNAP message waiting in a send queue: one queue item, many frames."""
+
+    head: bytes  # encode_message() of the SNAP message, repeated in every chunk
+    data: bytes
+    chunk_bytes: int
+
+
+class _Peer:
+    """Where to dial a peer, what is waiting for it, and the task that sends it."""
+
+    __slots__ = ("host", "node_id", "port", "queue", "sending_snapshot", "task", "wakeup")
+
+    def __init__(self, node_id: int, host: str, port: int) -> None:
+        self.node_id = node_id
+        self.host = host
+        self.port = port
+        self.queue: deque[bytes | _Snapshot] = deque()  # bytes are whole MSG frames
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.sending_snapshot = False
+
+
+async def _drain(writer: asyncio.StreamWriter) -> None:
+    async with asyncio.timeout(_WRITE_TIMEOUT_S):  # TimeoutError is an OSError: the connection is lost
+        await writer.drain()
+
+
+class _InboundDecoder:
+    """Sans-I/O parser of one inbound connection: bytes in, validated messages out.
+
+    Every check a remote can fail raises ProtocolError; nothing else escapes.
+    """
+
+    def __init__(
+        self, node_id: int, cluster_id: int, frame_bytes_max: int, snapshot_bytes_max: int, counters: _Counters
+    ) -> None:
+        self._node_id = node_id
+        self._cluster_id = cluster_id
+        self._frame_bytes_max = frame_bytes_max
+        self._snapshot_bytes_max = snapshot_bytes_max
+        self._counters = counters
+        #: The sender named by HELLO; 0 until HELLO has been accepted.
+        self.peer_id = 0
+        self._buf = bytearray()
+        self._pos = 0  # start of the first unparsed frame in _buf
+        # The snapshot being reassembled, if _snap_msg is not None.
+        self._snap_msg: Message | None = None
+        self._snap_head = b""
+        self._snap_total = 0
+        self._snap_data = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_message(self) -> Message | None:
+        """The next complete message, or None until more bytes are fed."""
+        buf = self._buf
+        while len(buf) - self._pos >= _HEADER.size:
+            length, kind = _HEADER.unpack_from(buf, self._pos)
+            if length > self._frame_bytes_max:
+                raise ProtocolError(f"frame of {length} bytes is over the {self._frame_bytes_max}-byte limit")
+            if kind not in _FRAME_KINDS:
+                raise ProtocolError(f"unknown frame kind {kind}")
+            start = self._pos + _HEADER.size
+            end = start + length
+            if end > len(buf):
+                return None
+            payload = bytes(buf[start:end])
+            self._pos = end
+            self._counters.frames_received += 1
+            if kind == _FRAME_MSG:
+                if self._snap_msg is not None:
+                    raise ProtocolError("message frame in the middle of a snapshot")
+                msg = self._message(payload)
+                if msg.type == MessageType.SNAP:
+                    raise ProtocolError("SNAP message outside snapshot chunks")
+                return msg
+            if kind == _FRAME_HELLO:
+                self._hello(payload)
+            elif (snap := self._chunk(payload)) is not None:
+                return snap
+        return None
+
+    def _hello(self, payload: bytes) -> None:
+        if self.peer_id:
+            raise ProtocolError("second HELLO")
+        obj = self._unpack(payload, 5, "HELLO")
+        frm = obj[3]
+        if obj != [_MAGIC, _VERSION, self._cluster_id, frm, self._node_id] or type(frm) is not int or frm <= 0:
+            raise ProtocolError(f"HELLO {obj!r:.200} is not for node {self._node_id} of cluster {self._cluster_id}")
+        if frm == self._node_id:
+            raise ProtocolError("HELLO from our own node id")
+        self.peer_id = frm
+
+    def _message(self, payload: bytes) -> Message:
+        if not self.peer_id:
+            raise ProtocolError("message before HELLO")
+        try:
+            msg = decode_message(payload)
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError(f"undecodable message: {exc}") from None
+        if msg.frm != self.peer_id or msg.to != self._node_id:
+            raise ProtocolError(f"message {msg.frm}->{msg.to} on the connection {self.peer_id}->{self._node_id}")
+        if msg.type in LOCAL_MESSAGES:
+            raise ProtocolError(f"local-only message {msg.type.name} from the network")
+        return msg
+
+    def _chunk(self, payload: bytes) -> Message | None:
+        head, offset, total, chunk = self._unpack(payload, 4, "snapshot chunk")
+        if type(head) is not bytes or type(chunk) is not bytes or type(offset) is not int or type(total) is not int:
+            raise ProtocolError("malformed snapshot chunk")
+        msg = self._snap_msg
+        if msg is None:
+            if offset != 0:
+                raise ProtocolError(f"snapshot starts at offset {offset}")
+            if not 0 <= total <= self._snapshot_bytes_max:
+                raise ProtocolError(f"snapshot of {total} bytes is over the {self._snapshot_bytes_max}-byte limit")
+            msg = self._message(head)
+            if msg.type != MessageType.SNAP or msg.snapshot is None:
+                raise ProtocolError(f"snapshot chunk carries a {msg.type.name} message")
+            self._snap_msg, self._snap_head, self._snap_total = msg, head, total
+        elif head != self._snap_head or total != self._snap_total or offset != len(self._snap_data):
+            raise ProtocolError(f"snapshot chunk at offset {offset} out of sequence")
+        if (not chunk and total) or offset + len(chunk) > total:
+            raise ProtocolError(f"snapshot chunk of {len(chunk)} bytes at {offset} does not fit {total}")
+        self._snap_data += chunk
+        if len(self._snap_data) < total:
+            return None
+        msg.snapshot_data = bytes(self._snap_data)
+        self._snap_msg, self._snap_data = None, bytearray()
+        self._counters.snapshots_received += 1
+        return msg
+
+    @staticmethod
+    def _unpack(payload: bytes, n: int, what: str) -> list[Any]:
+        try:
+            obj = unpack(payload)
+        except ValueError as exc:
+            raise ProtocolError(f"undecodable {what}: {exc}") from None
+        if type(obj) is not list or len(obj) != n:
+            raise ProtocolError(f"{what} is not an array of {n}")
+        return obj
+
+
+class PeerTransport:
+    """Sends Raft messages to peers and hands received ones to ``on_message``.
+
+    ``send`` never blocks: each peer has a bounded queue that a writer task
+    drains in batches, and messages past the bound are dropped and counted.
+    Bad input from the network closes that one connection and is logged.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        cluster_id: int,
+        listen_host: str,
+        listen_port: int,
+        *,
+        on_message: Callable[[Message], None],
+        on_unreachable: Callable[[int], None] = lambda _id: None,
+        on_snapshot_status: Callable[[int, bool], None] = lambda _id, _ok: None,
+        logger: logging.Logger | None = None,
+        frame_bytes_max: int = FRAME_BYTES_MAX,
+        snapshot_bytes_max: int = SNAPSHOT_BYTES_MAX,
+        send_queue_msgs_max: int = PEER_SEND_QUEUE_MSGS_MAX,
+    ) -> None:
+        if node_id <= 0:
+            raise ValueError(f"node id must be >= 1, got {node_id}")
+        if frame_bytes_max <= _CHUNK_OVERHEAD_BYTES or snapshot_bytes_max < 0 or send_queue_msgs_max <= 0:
+            raise ValueError("transport limits must be positive")
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self._on_message = on_message
+        self._on_unreachable = on_unreachable
+        self._on_snapshot_status = on_snapshot_status
+        self._log = logger or logging.getLogger(__name__)
+        self._frame_bytes_max = frame_bytes_max
+        self._snapshot_bytes_max = snapshot_bytes_max
+        self._queue_msgs_max = send_queue_msgs_max
+        self._peers: dict[int, _Peer] = {}
+        self._writers: set[asyncio.Task[None]] = set()
+        # Inbound connections are ended by closing their socket, never by
+        # cancelling their task: Python 3.11's start_server logs a cancelled
+        # handler task as an error.
+        self._inbound: dict[asyncio.Task[Any], tuple[asyncio.StreamWriter, _InboundDecoder]] = {}
+        self._server: asyncio.Server | None = None
+        self._closed = False
+        self._c = _Counters()
+
+    async def start(self) -> None:
+        if self._closed or self._server is not None:
+            raise RuntimeError("transport already started or closed")
+        self._server = await asyncio.start_server(
+            self._serve_inbound, self.listen_host, self.listen_port, limit=_READ_BYTES
+        )
+        self.listen_port = self._server.sockets[0].getsockname()[1]
+
+    def set_peer(self, node_id: int, host: str, port: int) -> None:
+        peer = self._peers.get(node_id)
+        if peer is None:
+            self._peers[node_id] = _Peer(node_id, host, port)
+        elif (peer.host, peer.port) != (host, port):
+            peer.host, peer.port = host, port
+            if peer.task is not None:  # redial the new address; the queue survives
+                self._stop_writer(peer)
+                if peer.queue:
+                    self._start_writer(peer)
+
+    def remove_peer(self, node_id: int) -> None:
+        peer = self._peers.pop(node_id, None)
+        if peer is not None:
+            self._stop_writer(peer)
+            self._abandon_queue(peer, soon=True)
+
+    def send(self, msg: Message) -> None:
+        """Queue ``msg`` for ``msg.to``; raises MessageTooLarge or ValueError only for local misuse."""
+        item = self._encode(msg)
+        peer = self._peers.get(msg.to)
+        if self._closed:
+            self._c.msgs_dropped += 1
+        elif peer is None:
+            self._drop(msg.to, item)
+            asyncio.get_running_loop().call_soon(self._notify, self._on_unreachable, msg.to)
+        elif len(peer.queue) >= self._queue_msgs_max:
+            self._drop(msg.to, item)
+        else:
+            peer.queue.append(item)
+            if peer.task is None:
+                self._start_writer(peer)
+            else:
+                peer.wakeup.set()
+
+    def stats(self) -> dict[str, int]:
+        out = {f.name: getattr(self._c, f.name) for f in fields(self._c)}
+        out["msgs_queued"] = sum(len(p.queue) for p in self._peers.values())
+        out["inbound_conns"] = len(self._inbound)
+        return out
+
+    async def close(self) -> None:
+        """Stop serving and sending. Queued messages are dropped without callbacks."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        for task in self._writers:
+            task.cancel()
+        for writer, _ in self._inbound.values():
+            writer.close()  # its reader then sees EOF and ends
+        tasks = [*self._writers, *self._inbound]
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=_CLOSE_TIMEOUT_S)
+            for task in stuck:
+                task.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._c.msgs_dropped += sum(len(p.queue) for p in self._peers.values())
+        self._peers.clear()
+
+    # -- sending --------------------------------------------------------
+
+    def _encode(self, msg: Message) -> bytes | _Snapshot:
+        if msg.type in LOCAL_MESSAGES:
+            raise ValueError(f"{msg.type.name} is a local message and is never sent")
+        head = encode_message(msg)
+        if msg.type != MessageType.SNAP:
+            if len(head) > self._frame_bytes_max:
+                raise MessageTooLarge(f"{msg.type.name} of {len(head)} bytes to {msg.to} is over the frame limit")
+            return _HEADER.pack(len(head), _FRAME_MSG) + head
+        data = msg.snapshot_data or b""
+        chunk_bytes = min(SNAPSHOT_CHUNK_BYTES, self._frame_bytes_max - len(head) - _CHUNK_OVERHEAD_BYTES)
+        if len(data) > self._snapshot_bytes_max or chunk_bytes <= 0:
+            raise MessageTooLarge(f"snapshot of {len(data)} bytes to {msg.to} is over the transport's limits")
+        return _Snapshot(head, data, chunk_bytes)
+
+    def _drop(self, to: int, item: bytes | _Snapshot) -> None:
+        self._c.msgs_dropped += 1
+        self._fail_snapshots(to, isinstance(item, _Snapshot), soon=True)
+
+    def _abandon_queue(self, peer: _Peer, *, soon: bool) -> None:
+        """Drop everything queued for ``peer``, failing any snapshot among it."""
+        self._c.msgs_dropped += len(peer.queue)
+        self._fail_snapshots(peer.node_id, sum(isinstance(item, _Snapshot) for item in peer.queue), soon=soon)
+        peer.queue.clear()
+
+    def _fail_snapshots(self, node_id: int, count: int, *, soon: bool) -> None:
+        """Report snapshots as failed; ``soon`` defers that past the driver's current call into us."""
+        self._c.snapshots_failed += count
+        for _ in range(count):
+            if soon:
+                asyncio.get_running_loop().call_soon(self._notify, self._on_snapshot_status, node_id, False)
+            else:
+                self._notify(self._on_snapshot_status, node_id, False)
+
+    def _start_writer(self, peer: _Peer) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_writer(peer), name=f"raft-send-{peer.node_id}")
+        peer.task = task
+        self._writers.add(task)
+        task.add_done_callback(self._writers.discard)
+
+    def _stop_writer(self, peer: _Peer) -> None:
+        if peer.task is not None:
+            peer.task.cancel()  # its finally clause closes the socket
+            peer.task = None
+        self._fail_snapshots(peer.node_id, peer.sending_snapshot, soon=True)
+        peer.sending_snapshot = False
+
+    async def _run_writer(self, peer: _Peer) -> None:
+        """Dial ``peer`` whenever it has something queued and feed the socket, until cancelled."""
+        loop = asyncio.get_running_loop()
+        delay = 0.0
+        dialled = False
+        while True:
+            while not peer.queue:
+                peer.wakeup.clear()
+                await peer.wakeup.wait()
+            if delay:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            if dialled:
+                self._c.reconnects += 1
+            dialled = True
+            started = loop.time()
+            try:
+                connect = asyncio.open_connection(peer.host, peer.port, limit=_READ_BYTES)
+                reader, writer = await asyncio.wait_for(connect, _CONNECT_TIMEOUT_S)
+            except OSError as exc:  # includes TimeoutError
+                self._c.connect_failures += 1
+                self._log.info("raft peer %d at %s:%d unreachable: %r", peer.node_id, peer.host, peer.port, exc)
+                self._abandon_queue(peer, soon=False)
+                self._notify(self._on_unreachable, peer.node_id)
+                delay = min(max(2 * delay, _BACKOFF_START_S), _BACKOFF_MAX_S)
+                continue
+            try:
+                await self._pump(peer, reader, writer)
+            except OSError as exc:
+                self._log.info("raft peer %d: connection lost: %r", peer.node_id, exc)
+                self._fail_snapshots(peer.node_id, peer.sending_snapshot, soon=False)
+                peer.sending_snapshot = False
+                self._notify(self._on_unreachable, peer.node_id)
+            except Exception:
+                self._log.exception("raft transport bug sending to peer %d; reconnecting", peer.node_id)
+            finally:
+                writer.close()
+            long_lived = loop.time() - started >= _BACKOFF_MAX_S
+            delay = 0.0 if long_lived else min(max(2 * delay, _BACKOFF_START_S), _BACKOFF_MAX_S)
+
+    async def _pump(self, peer: _Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Write queued frames to one connection until it fails (raises OSError)."""
+        hello = pack([_MAGIC, _VERSION, self.cluster_id, self.node_id, peer.node_id])
+        writer.write(_HEADER.pack(len(hello), _FRAME_HELLO) + hello)
+        self._c.frames_sent += 1
+        queue = peer.queue
+        while True:
+            while not queue:
+                peer.wakeup.clear()
+                await peer.wakeup.wait()
+            # The acceptor never writes, so EOF here means it closed (or restarted).
+            if reader.at_eof() or writer.is_closing():
+                raise ConnectionResetError("closed by the peer")
+            first = queue[0]
+            if isinstance(first, _Snapshot):
+                queue.popleft()
+                await self._write_snapshot(peer, writer, first)
+                continue
+            frames: list[bytes] = []
+            size = 0
+            while queue and size < _WRITE_BATCH_BYTES_MAX:
+                item = queue[0]
+                if not isinstance(item, bytes):
+                    break
+                queue.popleft()
+                frames.append(item)
+                size += len(item)
+            writer.write(b"".join(frames))
+            self._c.frames_sent += len(frames)
+            await _drain(writer)
+
+    async def _write_snapshot(self, peer: _Peer, writer: asyncio.StreamWriter, snap: _Snapshot) -> None:
+        peer.sending_snapshot = True
+        total = len(snap.data)
+        offset = 0
+        while True:  # at least one chunk, so an empty snapshot still arrives
+            chunk = snap.data[offset : offset + snap.chunk_bytes]
+            payload = pack([snap.head, offset, total, chunk])
+            writer.write(_HEADER.pack(len(payload), _FRAME_SNAP_CHUNK))
+            writer.write(payload)
+            self._c.frames_sent += 1
+            await _drain(writer)
+            offset += len(chunk)
+            if offset >= total:
+                break
+        peer.sending_snapshot = False
+        self._c.snapshots_sent += 1
+        self._notify(self._on_snapshot_status, peer.node_id, True)
+
+    def _notify(self, callback: Callable[..., None], *args: Any) -> None:
+        """Call a driver callback; its exceptions are bugs to log, not reasons to stop sending."""
+        try:
+            callback(*args)
+        except Exception:
+            self._log.exception("raft transport callback %r%r raised", callback, args)
+
+    # -- receiving ------------------------------------------------------
+
+    async def _serve_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = writer.get_extra_info("peername")
+        task = asyncio.current_task()
+        if self._closed or task is None or len(self._inbound) >= _INBOUND_CONNS_MAX:
+            self._log.warning("raft transport: refusing connection from %s (closed or too many)", address)
+            writer.close()
+            return
+        dec = _InboundDecoder(self.node_id, self.cluster_id, self._frame_bytes_max, self._snapshot_bytes_max, self._c)
+        self._inbound[task] = (writer, dec)
+        try:
+            async with asyncio.timeout(_HELLO_TIMEOUT_S):
+                while not dec.peer_id:
+                    if not await self._read_some(reader, dec):
+                        return
+            for other_writer, other_dec in self._inbound.values():  # a peer redialled: its old connection is stale
+                if other_writer is not writer and other_dec.peer_id == dec.peer_id:
+                    other_writer.close()
+            while await self._read_some(reader, dec):
+                pass
+        except ProtocolError as exc:
+            self._c.protocol_errors += 1
+            self._log.warning("raft peer %s (%s): closing connection: %s", dec.peer_id or "?", address, exc)
+        except TimeoutError:
+            self._c.protocol_errors += 1
+            self._log.warning("raft peer at %s sent no HELLO in %s s; closing connection", address, _HELLO_TIMEOUT_S)
+        except OSError as exc:
+            self._log.info("raft peer %s (%s): connection lost: %r", dec.peer_id or "?", address, exc)
+        except Exception:
+            self._log.exception("raft transport bug on the connection from %s; closing it", address)
+        finally:
+            del self._inbound[task]
+            writer.close()
+
+    async def _read_some(self, reader: asyncio.StreamReader, dec: _InboundDecoder) -> bool:
+        """Read once and deliver what completed; False when the connection should end."""
+        data = await reader.read(_READ_BYTES)
+        if not data or self._closed:
+            return False
+        dec.feed(data)
+        while (msg := dec.next_message()) is not None:
+            try:
+                self._on_message(msg)
+            except Exception:
+                self._log.exception(
+                    "on_message raised for %s from peer %d; closing its connection", msg.type.name, msg.frm
+                )
+                return False
+        return True
