@@ -79,6 +79,7 @@ async def node_main(args: argparse.Namespace) -> None:
         payload = os.urandom(64)
         lat: list[float] = []
         errors = 0
+        fsyncs0, fsync_s0 = node.metrics["fsyncs"], node.metrics["fsync_seconds_total"]
         deadline = time.perf_counter() + seconds
 
         async def proposer() -> None:
@@ -110,7 +111,10 @@ async def node_main(args: argparse.Namespace) -> None:
                 "per_second": len(lat) / elapsed,
                 "p50_ms": pct(0.50),
                 "p99_ms": pct(0.99),
-                "fsyncs": node.metrics["fsyncs"],
+                "fsyncs": node.metrics["fsyncs"] - fsyncs0,
+                "fsync_ms": 1000
+                * (node.metrics["fsync_seconds_total"] - fsync_s0)
+                / max(1, node.metrics["fsyncs"] - fsyncs0),
             }
         )
 
@@ -209,11 +213,11 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     print(f"raft_bench: {args.nodes} processes on loopback, fsync on, 64-byte commands, {args.seconds:g} s per run")
-    print(f"{'proposers':>9} {'commits/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'fsyncs':>8} {'errors':>6}")
+    print(f"{'proposers':>9} {'commits/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'fsyncs':>8} {'fsync ms':>8} {'errors':>6}")
     for r in results:
         print(
             f"{r['concurrency']:>9} {r['per_second']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-            f"{r['fsyncs']:>8.0f} {r['errors']:>6}"
+            f"{r['fsyncs']:>8.0f} {r['fsync_ms']:>8.2f} {r['errors']:>6}"
         )
 
 

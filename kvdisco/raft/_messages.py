@@ -231,6 +231,14 @@ class Ready:
     messages_before_persist: list[Message] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+    #: The hard state's term or vote changed (not only its commit index).
+    term_or_vote_changed: bool = False
 
     def must_sync(self) -> bool:
-        return bool(self.entries) or self.hard_state is not None or self.snapshot is not None
+        """Whether step 1 needs an fsync before anything in ``messages`` may be sent.
+
+        A change of commit index alone need not be durable (a restarted node
+        learns it again from the leader), so it may be written with the
+        next synced batch instead (etcd's MustSync).
+        """
+        return bool(self.entries) or self.snapshot is not None or self.term_or_vote_changed

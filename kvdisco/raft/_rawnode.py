@@ -123,6 +123,7 @@ class RawNode:
         hs = r.hard_state()
         if hs != self._prev_hard:
             rd.hard_state = hs
+            rd.term_or_vote_changed = (hs.term, hs.vote) != (self._prev_hard.term, self._prev_hard.vote)
         rd.entries = log.unstable_entries()
         if log.pending_snapshot is not None:
             rd.snapshot = log.pending_snapshot

@@ -169,6 +169,7 @@ class Node:
         self._reads_waiting_apply: list[tuple[int, list[asyncio.Future[int]]]] = []
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._early_scheduled = False
+        self._unsynced_hard_state: HardState | None = None
         self._members: dict[int, MemberInfo] = {}
         self._snapshot_cache: tuple[int, bytes] | None = None
         self._closing = False
@@ -499,10 +500,15 @@ class Node:
             self._on_soft_state(rd.soft_state.leader_id, rd.soft_state.role)
         self._send_all(rd.messages_before_persist)
         if rd.must_sync():
+            if rd.hard_state is None and self._unsynced_hard_state is not None:
+                rd.hard_state = self._unsynced_hard_state
+            self._unsynced_hard_state = None
             t0 = time.perf_counter()
             await asyncio.get_running_loop().run_in_executor(self._io, self._persist, rd)
             self.metrics["fsyncs"] += 1
             self.metrics["fsync_seconds_total"] += time.perf_counter() - t0
+        elif rd.hard_state is not None:
+            self._unsynced_hard_state = rd.hard_state  # only the commit index moved: write it with the next batch
         self._send_all(rd.messages)
         if rd.snapshot is not None and rd.snapshot_data is not None:
             self.sm.restore(rd.snapshot_data)

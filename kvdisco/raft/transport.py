@@ -59,6 +59,9 @@ _BACKOFF_START_S = 0.05
 _BACKOFF_MAX_S = 2.0
 #: An inbound connection must identify itself this soon, or it is closed.
 _HELLO_TIMEOUT_S = 5.0
+#: Largest frame before HELLO is accepted (a HELLO is under 64 bytes), so a
+#: stranger cannot make us buffer a full-size frame.
+_HELLO_BYTES_MAX = 256
 #: close() waits this long for its tasks to end once their sockets are closed.
 _CLOSE_TIMEOUT_S = 1.0
 #: Inbound connections held at once; a cluster needs one per peer, the
@@ -143,8 +146,9 @@ class _InboundDecoder:
         buf = self._buf
         while len(buf) - self._pos >= _HEADER.size:
             length, kind = _HEADER.unpack_from(buf, self._pos)
-            if length > self._frame_bytes_max:
-                raise ProtocolError(f"frame of {length} bytes is over the {self._frame_bytes_max}-byte limit")
+            limit = self._frame_bytes_max if self.peer_id else _HELLO_BYTES_MAX
+            if length > limit:
+                raise ProtocolError(f"frame of {length} bytes is over the {limit}-byte limit")
             if kind not in _FRAME_KINDS:
                 raise ProtocolError(f"unknown frame kind {kind}")
             start = self._pos + _HEADER.size

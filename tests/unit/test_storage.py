@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from kvdisco.raft._codec import pack
@@ -113,8 +113,8 @@ def test_segment_rollover_and_compaction_keep_everything_recoverable(tmp_path: P
     firsts = [int(p.name.split("-")[1].split(".")[0], 16) for p in wal_files(tmp_path)]
     assert firsts[0] <= 51 and (len(firsts) == 1 or firsts[1] > 51)
     assert [p.name for p in snap_files(tmp_path)] == [
-        "%016x-%016x.snap" % (35, 1),
-        "%016x-%016x.snap" % (50, 1),
+        f"{35:016x}-{1:016x}.snap",
+        f"{50:016x}-{1:016x}.snap",
     ]
     before = view(s)
     s = reopen(s, tmp_path, segment_bytes=256)
@@ -307,7 +307,7 @@ def test_snapshot_written_but_never_installed_is_removed(tmp_path: Path) -> None
     s = DiskStorage.open(tmp_path)
     s.save([ent(i) for i in range(1, 5)], HardState(1, 1, 4))
     s.close()
-    orphan = tmp_path / "snap" / ("%016x-%016x.snap" % (3, 1))
+    orphan = tmp_path / "snap" / f"{3:016x}-{1:016x}.snap"
     orphan.write_bytes(b"half written")
     (tmp_path / "snap" / "x.snap.tmp").write_bytes(b"temp")
     s = DiskStorage.open(tmp_path)
@@ -508,6 +508,7 @@ def test_matches_model_across_saves_snapshots_and_reopens(data: st.DataObject) -
                             data.draw(st.integers(model.hs.commit, max(model.hs.commit, new_last) + 1), label="c"),
                         )
                     expected_ok = model.save(entries, hs)
+                    event(f"save {'ok' if expected_ok else 'refused'}")
                     if expected_ok:
                         s.save(entries, hs)
                     else:
@@ -517,10 +518,15 @@ def test_matches_model_across_saves_snapshots_and_reopens(data: st.DataObject) -
                     index = data.draw(st.integers(model.snap.index, model.last() + 2), label="snap_index")
                     match = model.term(index)
                     term = match if match and data.draw(st.booleans(), label="match") else None
-                    term = term or data.draw(st.integers(model.snap.term, model.hs.term + 2), label="snap_term")
+                    term = term or data.draw(
+                        st.integers(model.snap.term, max(model.snap.term, model.hs.term) + 2), label="snap_term"
+                    )
                     meta = SnapshotMeta(index, term, ConfState(frozenset({1, index % 3 + 2})))
                     blob = b"snap:%d" % index
-                    if model.save_snapshot(meta, blob):
+                    keep = model.term(index) == term
+                    expected_ok = model.save_snapshot(meta, blob)
+                    event(f"snapshot {'refused' if not expected_ok else 'keep' if keep else 'drop'}")
+                    if expected_ok:
                         s.save_snapshot(meta, blob)
                     else:
                         with pytest.raises(StorageError):
@@ -529,5 +535,7 @@ def test_matches_model_across_saves_snapshots_and_reopens(data: st.DataObject) -
             s = reopen(s, Path(tmp), segment_bytes=seg_bytes)
             assert view(s) == model.view()
             assert len(snap_files(Path(tmp))) <= 2
+            event(f"segments at end: {min(len(wal_files(Path(tmp))), 3)}")
+            event(f"first segment seq > 0: {wal_files(Path(tmp))[0].name[:16] != '0' * 16}")
         finally:
             s.close()

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -36,10 +36,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def bounded(seconds: float) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+def bounded(seconds: float) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T]]]:
     """Fail a test that runs longer than ``seconds`` instead of hanging the suite."""
 
-    def deco(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    def deco(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         @functools.wraps(fn)
         async def run(*args: P.args, **kwargs: P.kwargs) -> T:
             return await asyncio.wait_for(fn(*args, **kwargs), seconds)
@@ -308,6 +308,7 @@ BAD_INPUTS = {
     "hello_from_zero": hello(0, 2),
     "second_hello": hello(3, 2) + hello(3, 2),
     "hello_not_msgpack": frame(HELLO, b"\xc1\xc1"),
+    "oversize_before_hello": struct.pack(">IB", 100_000, HELLO),
     "unknown_kind": hello(3, 2) + frame(9, b"hi"),
     "msg_before_hello": frame(MSG, encode_message(app(3, 2, 0))),
     "spoofed_frm": _spoofed(),
