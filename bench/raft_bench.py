@@ -155,7 +155,8 @@ async def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         for n in names:
             cmd = [sys.executable, __file__, "--node", n, "--cluster", cluster, "--data-dir", str(workdir / n)]
             cmd += ["--control-port", str(control[n])]
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{n}.log", "w")))
+            with open(workdir / f"{n}.log", "w") as log:
+                procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log))
         leader = None
         for _ in range(300):
             await asyncio.sleep(0.1)

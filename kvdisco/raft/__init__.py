@@ -5,7 +5,7 @@ It imports nothing from the rest of kvdisco and can be used on its own: give
 commands across 1, 3 or 5 processes. See docs/raft.md.
 """
 
-from ._core import Config, ConfChangeError
+from ._core import ConfChangeError, Config
 from ._messages import (
     ConfChange,
     ConfChangeType,

@@ -78,13 +78,20 @@ def entry_to_obj(e: Entry) -> list[Any]:
     return [e.term, e.index, int(e.type), e.data]
 
 
+_ENTRY_TYPES = {int(t): t for t in EntryType}
+_MESSAGE_TYPES = {int(t): t for t in MessageType}
+
+
 def obj_to_entry(o: Any) -> Entry:
+    # One combined check on the fast path; the slow path finds the culprit for the error message.
+    if type(o) is list and len(o) == 4:
+        t, i, k, d = o
+        kind = _ENTRY_TYPES.get(k) if type(k) is int else None
+        if type(t) is int and type(i) is int and t >= 0 and i >= 0 and type(d) is bytes and kind is not None:
+            return Entry(t, i, d, kind)
     t, i, k, d = _list(o, "entry", 4)
-    try:
-        kind = EntryType(_int(k, "entry type"))
-    except ValueError as exc:
-        raise ValueError(f"entry type: unknown {k!r}") from exc
-    return Entry(_int(t, "entry term"), _int(i, "entry index"), _bytes(d, "entry data"), kind)
+    _int(t, "entry term"), _int(i, "entry index"), _bytes(d, "entry data")
+    raise ValueError(f"entry type: unknown {k!r}")
 
 
 def encode_entry(e: Entry) -> bytes:
@@ -167,25 +174,29 @@ def message_to_obj(m: Message) -> list[Any]:
 
 def obj_to_message(o: Any) -> Message:
     (k, to, frm, term, log_term, index, entries, commit, reject, hint, ctx, snap) = _list(o, "message", 12)
-    try:
-        kind = MessageType(_int(k, "message type"))
-    except ValueError as exc:
-        raise ValueError(f"message type: unknown {k!r}") from exc
+    kind = _MESSAGE_TYPES.get(k) if type(k) is int else None
+    if kind is None:
+        raise ValueError(f"message type: unknown {k!r}")
+    for value, what in ((to, "to"), (frm, "from"), (term, "term"), (log_term, "log term"), (index, "index")):
+        if type(value) is not int or value < 0:
+            _int(value, what)
+    if type(commit) is not int or commit < 0 or type(hint) is not int or hint < 0:
+        _int(commit, "commit"), _int(hint, "reject hint")
     if type(reject) is not bool:
         raise ValueError("message reject: expected a boolean")
     return Message(
-        type=kind,
-        to=_int(to, "to"),
-        frm=_int(frm, "from"),
-        term=_int(term, "term"),
-        log_term=_int(log_term, "log term"),
-        index=_int(index, "index"),
-        entries=[obj_to_entry(e) for e in _list(entries, "entries")],
-        commit=_int(commit, "commit"),
-        reject=reject,
-        reject_hint=_int(hint, "reject hint"),
-        context=_bytes(ctx, "context"),
-        snapshot=None if snap is None else _obj_to_snapshot_meta(snap),
+        kind,
+        to,
+        frm,
+        term,
+        log_term,
+        index,
+        [obj_to_entry(e) for e in _list(entries, "entries")] if entries else [],
+        commit,
+        reject,
+        hint,
+        _bytes(ctx, "context"),
+        None if snap is None else _obj_to_snapshot_meta(snap),
     )
 
 

@@ -482,9 +482,9 @@ class Raft:
             return
         if t == MT.CHECK_QUORUM:
             active = sum(1 for nid in self.voters if nid == self.id or self.prs[nid].recent_active)
-            for nid, pr in self.prs.items():
+            for nid, peer in self.prs.items():
                 if nid != self.id:
-                    pr.recent_active = False
+                    peer.recent_active = False
             if active < self.quorum():
                 self.become_follower(self.term, NONE)
             return
@@ -547,9 +547,8 @@ class Raft:
                 pr.pending_snapshot = 0
             pr.become_probe()
             pr.paused = True  # wait for a heartbeat reply before probing again
-        elif t == MT.UNREACHABLE:
-            if pr.state == ProgressState.REPLICATE:
-                pr.become_probe()
+        elif t == MT.UNREACHABLE and pr.state == ProgressState.REPLICATE:
+            pr.become_probe()
 
     def _step_candidate(self, m: Message) -> None:
         t = m.type
@@ -607,7 +606,9 @@ class Raft:
             return
         hint_index = min(m.index, log.last_index())
         hint_index, hint_term = log.find_conflict_by_term(hint_index, m.log_term)
-        self._send(Message(MT.APP_RESP, to=m.frm, index=m.index, reject=True, reject_hint=hint_index, log_term=hint_term))
+        self._send(
+            Message(MT.APP_RESP, to=m.frm, index=m.index, reject=True, reject_hint=hint_index, log_term=hint_term)
+        )
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot

@@ -40,7 +40,7 @@ class NotLeader(RaftError):
 
 
 class ProposalDropped(RaftError):
-    """The proposal was not accepted or its fate is unknown (leadership lost, transfer under way, conf change pending)."""
+    """The proposal was not accepted, or its fate is unknown (leadership lost, transfer under way)."""
 
 
 class MessageTooLarge(RaftError):

@@ -191,9 +191,9 @@ class Node:
         loop = asyncio.get_running_loop()
         storage = await loop.run_in_executor(self._io, lambda: DiskStorage.open(cfg.data_dir, logger=log))
         self._storage = storage
-        if storage.hard_state == HardState() and not storage.entries and storage.snapshot.index == 0:
-            if not cfg.join:
-                await loop.run_in_executor(self._io, self._bootstrap)
+        fresh = storage.hard_state == HardState() and not storage.entries and storage.snapshot.index == 0
+        if fresh and not cfg.join:
+            await loop.run_in_executor(self._io, self._bootstrap)
         for name, url in cfg.initial_cluster.items():
             nid = member_id(name)
             self._members.setdefault(nid, MemberInfo(nid, name, url))
@@ -683,4 +683,3 @@ class Node:
             if not fut.done():
                 fut.set_exception(exc)
         self._applied_waiters.clear()
-

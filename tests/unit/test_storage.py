@@ -127,6 +127,31 @@ def test_segment_rollover_and_compaction_keep_everything_recoverable(tmp_path: P
     s.close()
 
 
+def _first_indexes(d: Path) -> list[int]:
+    return [int(p.name[17:33], 16) for p in wal_files(d)]
+
+
+def test_compaction_keeps_exactly_the_segments_replay_needs(tmp_path: Path) -> None:
+    # segment_bytes=1: every save starts a new segment, so segment k holds entry k alone.
+    s = DiskStorage.open(tmp_path, segment_bytes=1)
+    for i in range(1, 11):
+        s.save([ent(i)], HardState(1, 1, i - 1))
+    assert _first_indexes(tmp_path) == list(range(1, 12))
+    s.save_snapshot(SnapshotMeta(5, 1), b"five")
+    # The segment starting at 6 holds entry 6: everything before it goes, nothing after it.
+    assert _first_indexes(tmp_path) == [*range(6, 12), 11]
+    s = reopen(s, tmp_path, segment_bytes=1)
+    assert [e.index for e in s.entries] == list(range(6, 11))
+    # Rewrite entry 10 and add 11 in the segment whose entries "start" at 11, then snapshot at 10:
+    # replay starts mid-history and must still end with exactly entry 11.
+    s.save([ent(10, 2, b"ten"), ent(11, 2)], HardState(2, 1, 9))
+    s.save_snapshot(SnapshotMeta(10, 2), b"ten")
+    s = reopen(s, tmp_path, segment_bytes=1)
+    assert [(e.index, e.term) for e in s.entries] == [(11, 2)]
+    assert (s.snapshot.index, s.load_snapshot_data()) == (10, b"ten")
+    s.close()
+
+
 @pytest.mark.parametrize(
     ("snap_index", "snap_term", "kept"),
     [
@@ -482,10 +507,10 @@ class Model:
 def test_matches_model_across_saves_snapshots_and_reopens(data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = Model()
-        seg_bytes = data.draw(st.sampled_from([150, 400, 1 << 20]), label="segment_bytes")
+        seg_bytes = data.draw(st.sampled_from([100, 100, 300, 1 << 20]), label="segment_bytes")
         s = DiskStorage.open(tmp, segment_bytes=seg_bytes)
         try:
-            for _ in range(data.draw(st.integers(1, 30), label="steps")):
+            for _ in range(data.draw(st.integers(1, 40), label="steps")):
                 op = data.draw(st.sampled_from(["save", "save", "save", "snapshot", "reopen"]), label="op")
                 if op == "reopen":
                     s = reopen(s, Path(tmp), segment_bytes=seg_bytes)
@@ -515,9 +540,10 @@ def test_matches_model_across_saves_snapshots_and_reopens(data: st.DataObject) -
                         with pytest.raises(StorageError):
                             s.save(entries, hs)
                 else:
-                    index = data.draw(st.integers(model.snap.index, model.last() + 2), label="snap_index")
+                    lo = model.snap.index + (model.last() > model.snap.index)
+                    index = data.draw(st.integers(lo, model.last() + 1), label="snap_index")
                     match = model.term(index)
-                    term = match if match and data.draw(st.booleans(), label="match") else None
+                    term = match if match and data.draw(st.integers(0, 3), label="match") else None
                     term = term or data.draw(
                         st.integers(model.snap.term, max(model.snap.term, model.hs.term) + 2), label="snap_term"
                     )
