@@ -32,6 +32,9 @@ from .errors import (
     RaftError,
     StorageError,
 )
+from .node import MemberInfo, Node, NodeConfig, StateMachine, member_id
+from .storage import DiskStorage
+from .transport import PeerTransport
 
 __all__ = [
     "ConfChange",
@@ -43,11 +46,16 @@ __all__ = [
     "Entry",
     "EntryType",
     "HardState",
+    "DiskStorage",
     "InvariantViolation",
+    "MemberInfo",
     "Message",
     "MessageTooLarge",
     "MessageType",
+    "Node",
+    "NodeConfig",
     "NotLeader",
+    "PeerTransport",
     "ProposalDropped",
     "ProtocolError",
     "RaftError",
@@ -56,6 +64,8 @@ __all__ = [
     "Ready",
     "SnapshotMeta",
     "SoftState",
+    "StateMachine",
     "StateRole",
     "StorageError",
+    "member_id",
 ]

@@ -196,14 +196,15 @@ class Raft:
             return self.conf_state()
         self._set_conf(ConfState(frozenset(voters), frozenset(learners)))
         if self.role == StateRole.LEADER:
+            if self.lead_transferee and self.lead_transferee not in self.voters:
+                self.lead_transferee = NONE
+            if not self._maybe_commit():
+                self._bcast_pending = True
             if self.id not in self.voters:
-                # Removed or demoted: hand over by stepping down; others elect a new leader.
-                self.become_follower(self.term, NONE)
-            else:
-                if self.lead_transferee and self.lead_transferee not in self.voters:
-                    self.lead_transferee = NONE
-                if not self._maybe_commit():
-                    self._bcast_pending = True
+                # Removed or demoted. Stepping down at once can strand the voters left: they may not know this
+                # change committed nor hold our tail, so none can win an election without our vote (2 -> 1 voters
+                # deadlocks). Keep leading them and hand over to the most caught-up one; retried each timeout.
+                self._transfer_to_best_voter()
         elif self.role in (StateRole.CANDIDATE, StateRole.PRE_CANDIDATE) and self.id not in self.voters:
             self.become_follower(self.term, NONE)
         return self.conf_state()
@@ -419,6 +420,8 @@ class Raft:
                 self.step(Message(MT.CHECK_QUORUM, frm=self.id))
             if self.role == StateRole.LEADER and self.lead_transferee != NONE:
                 self.lead_transferee = NONE  # the transfer did not finish within an election timeout
+            if self.role == StateRole.LEADER and self.id not in self.voters:
+                self._transfer_to_best_voter()  # removed or demoted: keep handing over until a voter takes over
         if self.role != StateRole.LEADER:
             return
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
@@ -766,6 +769,9 @@ class Raft:
             self._send(Message(MT.TRANSFER_LEADER, to=self.lead, context=str(target).encode()))
         else:
             raise NotLeader(NONE)
+
+    def _transfer_to_best_voter(self) -> None:
+        self._leader_transfer(max(sorted(self.voters), key=lambda v: self.prs[v].match))
 
     def _leader_transfer(self, target: int) -> None:
         if target == self.id or target not in self.voters:

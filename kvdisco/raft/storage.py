@@ -175,9 +175,7 @@ class _Replay:
             if k > len(self.entries):
                 raise ValueError(f"marker at {m.index} keeps entries but the log ends at {self.last()}")
             if known and self.entries[k - 1].term != m.term:
-                raise ValueError(
-                    f"marker at {m.index} keeps entries but entry term {self.entries[k - 1].term} != {m.term}"
-                )
+                raise ValueError(f"marker at {m.index} keeps entries but our entry there has another term")
             if k >= 0:
                 del self.entries[:k]
                 self.base = m.index
@@ -329,10 +327,7 @@ class DiskStorage:
                     if rep is None:
                         rep = _Replay(rec, seg.first_index - 1)
                     elif (rec.index, rec.term, rep.last()) != (rep.snap_index, rep.snap_term, seg.first_index - 1):
-                        raise ValueError(
-                            f"segment header (snapshot {rec.index}/{rec.term}, first index {seg.first_index}) does "
-                            f"not continue the log (snapshot {rep.snap_index}/{rep.snap_term}, last {rep.last()})"
-                        )
+                        raise ValueError(f"segment header does not continue the log (last index {rep.last()})")
                 elif rep is None:
                     raise ValueError("record before the segment header")
                 elif count == 1 and not isinstance(rec, HardState):
@@ -443,9 +438,7 @@ class DiskStorage:
         k = meta.index - old.index  # entries[:k] are covered by the snapshot
         keep = k <= len(self.entries) and self.entries[k - 1].term == meta.term
         if not keep and self.hard_state.commit >= meta.index:
-            raise StorageError(
-                f"snapshot {meta.index}/{meta.term} conflicts with the log below commit {self.hard_state.commit}"
-            )
+            raise StorageError(f"snapshot {meta.index}/{meta.term} conflicts with committed entries")
         meta_bytes = encode_snapshot_meta(meta)
         crc = zlib.crc32(data, zlib.crc32(meta_bytes))
         header = _SNAP_HEADER.pack(_SNAP_MAGIC, crc, len(meta_bytes), len(data))
@@ -537,12 +530,8 @@ class DiskStorage:
         return os.path.join(self._snap_dir, f"{index:016x}-{term:016x}.snap")
 
     def _snapshot_files(self) -> list[tuple[int, int, str]]:
-        found = []
-        for name in os.listdir(self._snap_dir):
-            m = _SNAP_RE.fullmatch(name)
-            if m is not None:
-                found.append((int(m[1], 16), int(m[2], 16), os.path.join(self._snap_dir, name)))
-        return sorted(found)
+        named = ((_SNAP_RE.fullmatch(name), name) for name in os.listdir(self._snap_dir))
+        return sorted((int(m[1], 16), int(m[2], 16), os.path.join(self._snap_dir, n)) for m, n in named if m)
 
     def _read_snapshot(self, path: str, index: int, term: int) -> tuple[SnapshotMeta, bytes]:
         if not os.path.exists(path):
