@@ -95,6 +95,7 @@ class _PendingRead:
     index: int
     requester: int  # NONE or our own id: answer locally; else send READ_INDEX_RESP
     acks: set[int]
+    context: bytes = b""  # the requester's context (the pending-read key also names the requester)
 
 
 class Raft:
@@ -203,7 +204,8 @@ class Raft:
             if self.id not in self.voters:
                 # Removed or demoted. Stepping down at once can strand the voters left: they may not know this
                 # change committed nor hold our tail, so none can win an election without our vote (2 -> 1 voters
-                # deadlocks). Keep leading them and hand over to the most caught-up one; retried each timeout.
+                # deadlocks). Keep leading (refusing proposals) until a voter holds our whole log, then hand over
+                # to it and step down (see _send_timeout_now); retried each election timeout.
                 self._transfer_to_best_voter()
         elif self.role in (StateRole.CANDIDATE, StateRole.PRE_CANDIDATE) and self.id not in self.voters:
             self.become_follower(self.term, NONE)
@@ -344,10 +346,11 @@ class Raft:
                 pr.recent_active = True
         self.prs[self.id].become_replicate()
         self.prs[self.id].match = self.log.stable
-        # Conf changes in our uncommitted tail may be pending; allow none until the no-op is applied.
-        self.pending_conf_index = self.log.last_index()
         # A no-op of our own term, so earlier entries can commit by counting it (Figure 8).
         self._append([Entry(self.term, self.log.last_index() + 1)])
+        # Conf changes in our uncommitted tail may be pending; allow none until the no-op is applied
+        # (Ongaro, raft-dev 2015: a leader must commit an entry of its term before a new configuration).
+        self.pending_conf_index = self.log.last_index()
 
     # -- campaigning -------------------------------------------------------------------------------------------------
 
@@ -416,7 +419,8 @@ class Raft:
         self.election_elapsed += 1
         if self.election_elapsed >= self.cfg.election_ticks:
             self.election_elapsed = 0
-            if self.cfg.check_quorum:
+            if self.cfg.check_quorum and self.id in self.voters:
+                # (A removed leader still handing over keeps at it: stepping down could strand the voters.)
                 self.step(Message(MT.CHECK_QUORUM, frm=self.id))
             if self.role == StateRole.LEADER and self.lead_transferee != NONE:
                 self.lead_transferee = NONE  # the transfer did not finish within an election timeout
@@ -533,7 +537,7 @@ class Raft:
                 while self._send_append(m.frm, send_if_empty=False):
                     pass
                 if m.frm == self.lead_transferee and pr.match == self.log.last_index():
-                    self._send(Message(MT.TIMEOUT_NOW, to=m.frm))
+                    self._send_timeout_now(m.frm)
         elif t == MT.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.paused = False
@@ -592,9 +596,9 @@ class Raft:
         elif t == MT.TIMEOUT_NOW:
             self._hup(transfer=True)
         elif t == MT.READ_INDEX:
-            if self.lead != NONE:
-                m.to = self.lead
-                self._send(m)
+            # A peer took us for the leader. Do not forward: the transport stamps us as the sender, so the
+            # answer would come back to us, not to the requester (who retries once it learns the leader).
+            pass
         elif t == MT.READ_INDEX_RESP:
             self.read_states.append(ReadState(m.index, m.context))
 
@@ -726,17 +730,19 @@ class Raft:
 
     def _leader_read_index(self, m: Message) -> None:
         requester = m.frm
+        if not self._committed_in_current_term():
+            # Our commit index may lag until our own no-op commits (§6.4 step 1). This holds for a lone voter
+            # too: it counts itself only once its no-op is durable, and a restart may have lost its commit index.
+            self._reads_waiting_commit.append(m)
+            return
         if len(self.voters) == 1 and self.id in self.voters:
             self._answer_read(requester, self.log.committed, m.context)
             return
-        if not self._committed_in_current_term():
-            # Our commit index may lag until our own no-op commits (§6.4 step 1).
-            self._reads_waiting_commit.append(m)
-            return
-        ctx = m.context
+        # Keyed by requester too: each node numbers its own reads, so different nodes' contexts collide.
+        ctx = b"%d:%s" % (requester, m.context)
         if ctx in self._reads:
             return
-        self._reads[ctx] = _PendingRead(self.log.committed, requester, {self.id})
+        self._reads[ctx] = _PendingRead(self.log.committed, requester, {self.id}, m.context)
         self._read_queue.append(ctx)
         self._bcast_heartbeat(ctx)
 
@@ -752,7 +758,7 @@ class Raft:
         done, self._read_queue = self._read_queue[:n], self._read_queue[n:]
         for c in done:
             r = self._reads.pop(c)
-            self._answer_read(r.requester, r.index, c)
+            self._answer_read(r.requester, r.index, r.context)
 
     def _answer_read(self, requester: int, index: int, ctx: bytes) -> None:
         if requester in (NONE, self.id):
@@ -770,6 +776,13 @@ class Raft:
         else:
             raise NotLeader(NONE)
 
+    def _send_timeout_now(self, target: int) -> None:
+        self._send(Message(MT.TIMEOUT_NOW, to=target))
+        if self.id not in self.voters:
+            # A removed or demoted leader has handed over: the target holds our whole log, so our vote cannot
+            # block its election any more.
+            self.become_follower(self.term, NONE)
+
     def _transfer_to_best_voter(self) -> None:
         self._leader_transfer(max(sorted(self.voters), key=lambda v: self.prs[v].match))
 
@@ -781,7 +794,7 @@ class Raft:
         self.election_elapsed = 0
         self.lead_transferee = target
         if self.prs[target].match == self.log.last_index():
-            self._send(Message(MT.TIMEOUT_NOW, to=target))
+            self._send_timeout_now(target)
         else:
             self._send_append(target)
 

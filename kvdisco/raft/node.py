@@ -499,25 +499,38 @@ class Node:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader_id, rd.soft_state.role)
         self._send_all(rd.messages_before_persist)
+        # Committed entries that were already durable here may be applied while this Ready's fsync runs
+        # (the fsync releases the GIL); the rest wait for it. A snapshot must be restored before any of them.
+        committed, early = rd.committed_entries, 0
+        if rd.snapshot is None and committed:
+            stable = rn.raft.log.stable
+            while early < len(committed) and committed[early].index <= stable:
+                early += 1
+        conf_done: list[asyncio.Future[Any]] = []
         if rd.must_sync():
             if rd.hard_state is None and self._unsynced_hard_state is not None:
                 rd.hard_state = self._unsynced_hard_state
             self._unsynced_hard_state = None
             t0 = time.perf_counter()
-            await asyncio.get_running_loop().run_in_executor(self._io, self._persist, rd)
+            persisted = asyncio.get_running_loop().run_in_executor(self._io, self._persist, rd)
+            if early:
+                self._apply(committed[:early], conf_done)
+            await persisted
             self.metrics["fsyncs"] += 1
             self.metrics["fsync_seconds_total"] += time.perf_counter() - t0
-        elif rd.hard_state is not None:
-            self._unsynced_hard_state = rd.hard_state  # only the commit index moved: write it with the next batch
+        else:
+            if rd.hard_state is not None:
+                self._unsynced_hard_state = rd.hard_state  # only the commit index moved: write it with the next batch
+            if early:
+                self._apply(committed[:early], conf_done)
         self._send_all(rd.messages)
         if rd.snapshot is not None and rd.snapshot_data is not None:
             self.sm.restore(rd.snapshot_data)
             self._snapshot_cache = (rd.snapshot.index, rd.snapshot_data)
             self.metrics["snapshots_received"] += 1
             self._fail_waiters_below(rd.snapshot.index + 1)
-        conf_done: list[asyncio.Future[Any]] = []
-        if rd.committed_entries:
-            self._apply(rd.committed_entries, conf_done)
+        if early < len(committed):
+            self._apply(committed[early:], conf_done)
         rn.advance(rd)
         for fut in conf_done:
             fut.set_result(rn.conf_state())
@@ -527,7 +540,7 @@ class Node:
                 if futs:
                     self._reads_waiting_apply.append((rs.index, futs))
         self._release_reads()
-        if rd.committed_entries:
+        if committed:
             await self._maybe_snapshot()
 
     def _persist(self, rd: Ready) -> None:

@@ -72,6 +72,8 @@ BUGS = ("forget_vote", "corrupt_apply", "send_before_persist")
 ROUNDS_PER_TICK_MAX = 40
 #: How often (ticks) the full cross-node log check runs during the chaos phase.
 FULL_CHECK_EVERY_TICKS = 50
+#: The settle phase gives up after this many ticks even if it keeps progressing.
+SETTLE_TICKS_MAX = 5000
 #: Recent events kept for a failure report.
 TRACE_EVENTS_MAX = 60
 #: Node ids are never reused; at most this many nodes (voters + learners + removed ones) are ever created.
@@ -79,6 +81,8 @@ NODES_CREATED_MAX = 12
 #: Members (voters + learners) kept in the configuration; voters stay within 1..VOTERS_MAX.
 MEMBERS_MAX = 6
 VOTERS_MAX = 5
+#: Proposals a client keeps outstanding at one node; past this it waits (real clients have bounded concurrency).
+CLIENT_INFLIGHT_MAX = 32
 #: Keys the clients write to: few, so writes overwrite each other and a stale read would show.
 KEYS = 8
 
@@ -106,8 +110,8 @@ class Profile:
     nodes: int = 3
     #: Ticks of the chaos phase.
     steps: int = 300
-    #: The settle phase must produce a leader and a committed write within this many ticks.
-    settle_ticks_max: int = 400
+    #: The settle phase fails if nothing progresses (no new commit, no member applying more) for this many ticks.
+    settle_stall_ticks_max: int = 200
     election_ticks: int = 10
     heartbeat_ticks: int = 2
     msg_bytes_max: int = 1 << 20
@@ -152,9 +156,9 @@ class Profile:
         r = rng.random
         p = cls()
         p.nodes = rng.choices((1, 2, 3, 4, 5), weights=(8, 4, 50, 6, 32))[0]
-        p.steps = rng.randint(200, 400)
+        p.steps = rng.randint(150, 350)
         p.election_ticks = rng.choice((8, 10, 12))
-        p.heartbeat_ticks = rng.choice((1, 2, 2, 3))
+        p.heartbeat_ticks = rng.choice((1, 2, 2, 3, 3))
         p.msg_bytes_max = rng.choice((1, 64, 256, 4096, 1 << 20))
         p.inflight_msgs_max = rng.choice((1, 2, 4, 64))
         p.loss = rng.choice((0.0, 0.0, 0.01, 0.05, 0.15, 0.3))
@@ -176,6 +180,7 @@ class Profile:
         p.read = rng.choice((0.0, 0.1, 0.3))
         p.propose = rng.choice((0.2, 0.5, 1.0))
         p.snapshot_every = rng.choice((0, 3, 10, 40))
+        p.wire = r() < 0.3
         return p
 
     def describe(self) -> str:
@@ -189,13 +194,35 @@ def _copy_entry(e: Entry) -> Entry:
     return Entry(e.term, e.index, e.data, e.type)
 
 
+def _copy_message(m: Message) -> Message:
+    """What the receiver gets: its own objects, as if decoded from the wire (cheaper than the codec)."""
+    return Message(
+        m.type,
+        m.to,
+        m.frm,
+        m.term,
+        m.log_term,
+        m.index,
+        [Entry(e.term, e.index, e.data, e.type) for e in m.entries],
+        m.commit,
+        m.reject,
+        m.reject_hint,
+        m.context,
+        m.snapshot,
+        m.snapshot_data,
+    )
+
+
 class Storage:
     """One node's disk: what survives a crash. Only a completed fsync writes here."""
 
-    __slots__ = ("entries", "hard_state", "snap_data", "snap_meta")
+    __slots__ = ("entries", "hard_state", "snap_data", "snap_meta", "unsynced_hard_state")
 
     def __init__(self) -> None:
         self.hard_state = HardState()
+        #: A commit-only hard state written without an fsync (Ready.must_sync() False): it becomes durable with
+        #: the next fsync, or is lost in a crash.
+        self.unsynced_hard_state: HardState | None = None
         self.snap_meta = SnapshotMeta()
         self.snap_data: bytes | None = None
         #: Copies of the entries after ``snap_meta.index``, contiguous.
@@ -375,6 +402,7 @@ class Simulator:
         self._steps_arg = steps
         if steps is not None:
             self.profile.steps = steps
+        self._profile_desc = self.profile.describe()
         self.bug = bug
         self.verbose = verbose
         self._log = log
@@ -390,6 +418,8 @@ class Simulator:
         #: A scenario's hook: sees each message as it is sent; returns it (maybe changed) or None to drop it.
         self.intercept: Callable[[Message], Message | None] | None = None
         self._dirty: dict[int, None] = {}
+        #: Nodes with a Ready waiting for its fsync.
+        self._syncing: dict[int, None] = {}
         # Checker state.
         self.leaders: dict[int, int] = {}
         self.registry: dict[tuple[int, int], tuple[bytes, int, int]] = {}
@@ -418,7 +448,7 @@ class Simulator:
         lines = [
             f"seed {self.seed} failed at tick {self.now}: {what}",
             f"rerun: {rerun_command(self.seed, self._steps_arg, self.bug)}",
-            f"profile: {self.profile.describe()}",
+            f"profile: {self._profile_desc}",
             "nodes: " + "; ".join(self._node_line(n) for n in self.nodes.values()),
             "recent events:",
         ]
@@ -519,8 +549,10 @@ class Simulator:
         lost = 0 if n.ready is None else len(n.ready.entries)
         self.event(f"crash {nid} (unpersisted Ready with {lost} entries lost)")
         n.alive = False
+        n.storage.unsynced_hard_state = None
         n.raw = None  # type: ignore[assignment]
         n.ready = None
+        self._syncing.pop(nid, None)
         n.props = {}
         n.reads = {}
         n.read_states = []
@@ -571,10 +603,11 @@ class Simulator:
 
     def _delay(self) -> int:
         p = self.profile
-        if p.long_delay and self.rng.random() < p.long_delay:
-            return self.rng.randint(p.delay_max, 3 * p.election_ticks)
+        r = self.rng.random
+        if p.long_delay and r() < p.long_delay:
+            return p.delay_max + int(r() * (3 * p.election_ticks - p.delay_max + 1))
         if p.delay_max:
-            return self.rng.randint(0, p.delay_max)
+            return int(r() * (p.delay_max + 1))
         return 0
 
     def _send(self, n: SimNode, msgs: list[Message]) -> None:
@@ -606,7 +639,7 @@ class Simulator:
                     c = decode_message(encode_message(m))
                     c.snapshot_data = m.snapshot_data
                 else:
-                    c = replace(m, entries=[_copy_entry(e) for e in m.entries])
+                    c = _copy_message(m)
                 self._seq += 1
                 key = rng.random() if p.reorder else 0.0
                 heapq.heappush(self._net, (self.now + self._delay(), key, self._seq, c, n.id, n.incarnation))
@@ -671,6 +704,7 @@ class Simulator:
             rd.messages = []
         if rd.must_sync():
             n.ready = rd
+            self._syncing[n.id] = None
             if n.fsync_due is not None:
                 f = self.profile.fsync_delay_max
                 n.fsync_due = self.now + (self.rng.randint(0, f) if f else 0)
@@ -681,6 +715,8 @@ class Simulator:
     def _finish_ready(self, n: SimNode, rd: Ready) -> None:
         """The fsync completed: make it durable, send, apply, advance."""
         st = n.storage
+        if rd.must_sync() and st.unsynced_hard_state is not None:
+            st.hard_state, st.unsynced_hard_state = st.unsynced_hard_state, None
         if rd.snapshot is not None:
             if rd.snapshot_data is None:
                 raise self.fail(f"node {n.id}: Ready.snapshot {rd.snapshot} without snapshot_data")
@@ -688,8 +724,12 @@ class Simulator:
         if rd.entries:
             st.append(rd.entries)
         if rd.hard_state is not None:
-            st.hard_state = rd.hard_state
+            if rd.must_sync():
+                st.hard_state, st.unsynced_hard_state = rd.hard_state, None
+            else:
+                st.unsynced_hard_state = rd.hard_state
         n.ready = None
+        self._syncing.pop(n.id, None)
         if rd.messages:
             self._send(n, rd.messages)
         if rd.snapshot is not None and rd.snapshot_data is not None:
@@ -758,10 +798,12 @@ class Simulator:
         net = self._net
         for _ in range(ROUNDS_PER_TICK_MAX):
             moved = False
-            for n in self.nodes.values():
-                if n.ready is not None and n.fsync_due is not None and n.fsync_due <= now and self._live(n):
-                    self._finish_ready(n, n.ready)
-                    moved = True
+            if self._syncing:
+                for nid in list(self._syncing):
+                    n = self.nodes[nid]
+                    if n.ready is not None and n.fsync_due is not None and n.fsync_due <= now and self._live(n):
+                        self._finish_ready(n, n.ready)
+                        moved = True
             if net and net[0][0] <= now:
                 batch = []
                 while net and net[0][0] <= now:
@@ -814,6 +856,10 @@ class Simulator:
             if r.log.committed > c.max:
                 self._record_leader_commit(n)
         elif r.log.committed > c.max:
+            if n.leader_term == r.term:
+                # It committed as leader and stepped down within the same input (a removed leader handing over).
+                self._record_leader_commit(n)
+                return
             raise self.fail(
                 f"node {n.id} ({r.role.name}) commit index {r.log.committed} is past anything a leader committed "
                 f"({c.max})"
@@ -1006,7 +1052,8 @@ class Simulator:
                     g = self._pick_alive()
                 if g is None:
                     break
-                self.propose(g.id)
+                if len(g.props) < CLIENT_INFLIGHT_MAX:
+                    self.propose(g.id)
         if p.read and r() < p.read:
             g = self._pick_alive()
             if g is not None:
@@ -1146,6 +1193,7 @@ class Simulator:
         p.loss = p.dup = 0.0
         p.long_delay = 0.0
         p.delay_max = min(p.delay_max, 1)
+        p.fsync_delay_max = min(p.fsync_delay_max, 1)
         p.tick_skip = 0.0
         for n in self.nodes.values():
             n.paused_until = 0
@@ -1156,12 +1204,20 @@ class Simulator:
         self.event("settle: all faults healed, all nodes up")
         final: tuple[int, int, int] | None = None
         proposed_at = 0
-        deadline = self.now + p.settle_ticks_max
-        while self.now < deadline:
+        progress = (-1, -1)
+        progress_at = self.now
+        start = self.now
+        while self.now - progress_at < p.settle_stall_ticks_max and self.now - start < SETTLE_TICKS_MAX:
             self.tick()
+            members = self.conf_voters | self.conf_learners
+            now_progress = (
+                self.committed.max,
+                sum(n.sm.applied + n.raw.raft.log.stable for n in self.nodes.values() if n.alive),
+            )
+            if now_progress != progress:
+                progress, progress_at = now_progress, self.now
             if final is not None and final[2] in self.acked:
                 index = final[0]
-                members = self.conf_voters | self.conf_learners
                 if all(self.nodes[m].alive and self.nodes[m].sm.applied >= index for m in members):
                     self.event(f"settle: final write at {index} applied on members {sorted(members)}")
                     return
@@ -1173,7 +1229,10 @@ class Simulator:
                     if got is not None:
                         final, proposed_at = got, self.now
         what = "no write was acknowledged" if final is None or final[2] not in self.acked else "not every member"
-        raise self.fail(f"liveness: after {p.settle_ticks_max} healed ticks, {what} applied a final write")
+        raise self.fail(
+            f"liveness: {self.now - start} ticks after healing ({self.now - progress_at} without progress), "
+            f"{what} applied a final write"
+        )
 
     def final_checks(self) -> None:
         self.check_logs()

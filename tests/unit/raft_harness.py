@@ -48,8 +48,8 @@ from pathlib import Path
 from kvdisco.raft import (
     ConfChange,
     ConfChangeType,
-    ConfState,
     Config,
+    ConfState,
     Entry,
     EntryType,
     HardState,
@@ -122,7 +122,7 @@ def fmt_msg(m: Message) -> str:
             parts.append(f"index={m.index}")
         if m.log_term:
             parts.append(f"log_term={m.log_term}")
-    if m.commit and t != MT.APP or t == MT.HEARTBEAT:
+    if (m.commit and t != MT.APP) or t == MT.HEARTBEAT:
         parts.append(f"commit={m.commit}")
     if m.reject and t != MT.APP_RESP:
         parts.append("reject")
@@ -148,8 +148,8 @@ def _fmt_hs(hs: HardState) -> str:
 class Store:
     """What survives a crash: exactly what the Ready contract told the driver to persist."""
 
-    hard_state: HardState = HardState()
-    snapshot: SnapshotMeta = SnapshotMeta()
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: SnapshotMeta = field(default_factory=SnapshotMeta)
     snapshot_data: bytes = b""
     entries: list[Entry] = field(default_factory=list)
 
@@ -188,7 +188,7 @@ class Node:
     #: The state machine: applied NORMAL payloads, in order.
     sm: list[str] = field(default_factory=list)
     applied: int = 0
-    conf: ConfState = ConfState()
+    conf: ConfState = field(default_factory=ConfState)
     #: applied index -> (membership, len(sm)) at that index, for taking snapshots at any applied index.
     history: dict[int, tuple[ConfState, int]] = field(default_factory=dict)
     #: Every ReadState this node's driver received.
@@ -634,9 +634,11 @@ class Harness:
             p(f"  ReadState index={rs.index} ctx={_fmt_bytes(rs.context)}")
             nd.read_states.append((rs.index, rs.context.decode()))
         # 4. Advance.
-        if not quiet and not (
-            rd.snapshot or rd.entries or rd.hard_state or rd.messages_before_persist or rd.messages
-        ) and not (rd.committed_entries or rd.read_states):
+        if (
+            not quiet
+            and not (rd.snapshot or rd.entries or rd.hard_state or rd.messages_before_persist or rd.messages)
+            and not (rd.committed_entries or rd.read_states)
+        ):
             p("  (soft state only)")
         nd.raw.advance(rd)
         if nd.raw.conf_state() != nd.conf and nd.raw.raft.log.pending_snapshot is None:
@@ -660,8 +662,12 @@ class Harness:
                 if self.rn(nid).has_ready():
                     self.process_ready(nid)
                     moved = True
-            allowed = set(nodes) if ids else None
-            if self.deliver(None if allowed is None else (lambda m: m.to in allowed)):
+            allowed = frozenset(nodes)
+
+            def to_allowed(m: Message, allowed: frozenset[int] = allowed) -> bool:
+                return m.to in allowed
+
+            if self.deliver(to_allowed if ids else None):
                 moved = True
             if not moved:
                 return rounds

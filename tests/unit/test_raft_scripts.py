@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from raft_harness import run_script
 
 TESTDATA = Path(__file__).parent / "testdata"

@@ -455,7 +455,8 @@ class Model:
     """The intended behaviour, written as plainly as possible."""
 
     def __init__(self) -> None:
-        self.snap, self.snap_data = SnapshotMeta(), None
+        self.snap = SnapshotMeta()
+        self.snap_data: bytes | None = None
         self.log: dict[int, tuple[int, bytes]] = {}  # index -> (term, data), after the snapshot
         self.hs = HardState()
 
