@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from kvdisco.raft import RaftError
 from kvdisco.raft.node import Node, NodeConfig
 from kvdisco.register.http import make_app
 from kvdisco.register.machine import RegisterMachine
@@ -110,7 +111,12 @@ async def serve(args: argparse.Namespace) -> int:
     )
     register = RegisterMachine()
     node = Node(cfg, register)
-    await node.start()
+    try:
+        await node.start()
+    except (RaftError, OSError) as exc:
+        # E.g. CorruptLogError names the WAL file and offset: say so plainly and refuse to run.
+        log.error("cannot start member %s: %s", cfg.name, exc)
+        return 2
     runner = web.AppRunner(make_app(node, register), shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None)
     await runner.setup()
     host, port = _host_port(client_listen, "--listen-client-urls")

@@ -346,11 +346,12 @@ class Raft:
                 pr.recent_active = True
         self.prs[self.id].become_replicate()
         self.prs[self.id].match = self.log.stable
+        # Conf changes in our uncommitted tail may be pending: allow none until all of it is applied (it commits
+        # with the no-op). As in etcd, a fully applied log allows one at once: configurations take effect when
+        # applied, never on append, so Ongaro's 2015 single-server bug (which needs append-time ones) cannot occur.
+        self.pending_conf_index = self.log.last_index()
         # A no-op of our own term, so earlier entries can commit by counting it (Figure 8).
         self._append([Entry(self.term, self.log.last_index() + 1)])
-        # Conf changes in our uncommitted tail may be pending; allow none until the no-op is applied
-        # (Ongaro, raft-dev 2015: a leader must commit an entry of its term before a new configuration).
-        self.pending_conf_index = self.log.last_index()
 
     # -- campaigning -------------------------------------------------------------------------------------------------
 

@@ -222,6 +222,8 @@ class Node:
             on_message=self._on_peer_message,
             on_unreachable=self._on_unreachable,
             on_snapshot_status=self._on_snapshot_status,
+            on_peer_hello=self._on_peer_hello,
+            hello_meta=MemberInfo(self.id, cfg.name, cfg.peer_url, cfg.client_urls).encode(),
             logger=logging.getLogger("kvdisco.raft.transport"),
         )
         await self._transport.start()
@@ -252,7 +254,7 @@ class Node:
             if e.type == EntryType.CONF_CHANGE:
                 cc = decode_conf_change(e.data)
                 if cc.type != ConfChangeType.REMOVE_NODE and cc.context:
-                    self._members[cc.node_id] = MemberInfo.decode(cc.node_id, cc.context)
+                    self._learn_member(MemberInfo.decode(cc.node_id, cc.context))
 
     async def stop(self) -> None:
         """Stop driving the core, then close peers and the log. Pending callers get ProposalDropped."""
@@ -457,6 +459,24 @@ class Node:
             return
         self._poke()
 
+    def _on_peer_hello(self, node_id: int, meta: bytes) -> None:
+        """A peer described itself on connecting: learn its client URLs (to point clients at the leader)."""
+        said = MemberInfo.decode(node_id, meta)
+        if node_id in self._members and said.name:
+            self._learn_member(MemberInfo(node_id, said.name, "", said.client_urls))
+
+    def _learn_member(self, info: MemberInfo) -> None:
+        """Merge what we hear of a member: the log's record wins for the peer URL, any source may add client URLs."""
+        if info.id == self.id:
+            return  # our own description comes from our config
+        known = self._members.get(info.id)
+        if known is None:
+            self._members[info.id] = info
+            return
+        self._members[info.id] = MemberInfo(
+            info.id, info.name or known.name, info.peer_url or known.peer_url, info.client_urls or known.client_urls
+        )
+
     def _on_unreachable(self, node_id: int) -> None:
         if self._rn is not None and not self._closing:
             self._rn.report_unreachable(node_id)
@@ -592,8 +612,8 @@ class Node:
                 log.warning("this member (%x) was removed from the cluster", self.id)
             return
         if cc.context:
-            info = MemberInfo.decode(cc.node_id, cc.context)
-            self._members[cc.node_id] = info
+            self._learn_member(MemberInfo.decode(cc.node_id, cc.context))
+            info = self._members[cc.node_id]
             if transport is not None and cc.node_id != self.id and info.peer_url:
                 transport.set_peer(cc.node_id, *info.peer_host_port())
 

@@ -59,9 +59,11 @@ _BACKOFF_START_S = 0.05
 _BACKOFF_MAX_S = 2.0
 #: An inbound connection must identify itself this soon, or it is closed.
 _HELLO_TIMEOUT_S = 5.0
-#: Largest frame before HELLO is accepted (a HELLO is under 64 bytes), so a
-#: stranger cannot make us buffer a full-size frame.
-_HELLO_BYTES_MAX = 256
+#: Largest frame before HELLO is accepted (a HELLO is a few hundred bytes with
+#: the member's description), so a stranger cannot make us buffer a full-size frame.
+_HELLO_BYTES_MAX = 1024
+#: Largest member description carried in a HELLO.
+HELLO_META_BYTES_MAX = 768
 #: close() waits this long for its tasks to end once their sockets are closed.
 _CLOSE_TIMEOUT_S = 1.0
 #: Inbound connections held at once; a cluster needs one per peer, the
@@ -127,6 +129,8 @@ class _InboundDecoder:
         self._counters = counters
         #: The sender named by HELLO; 0 until HELLO has been accepted.
         self.peer_id = 0
+        #: The sender's self-description from its HELLO (opaque to the transport).
+        self.peer_meta = b""
         self._buf = bytearray()
         self._pos = 0  # start of the first unparsed frame in _buf
         # The snapshot being reassembled, if _snap_msg is not None.
@@ -174,13 +178,16 @@ class _InboundDecoder:
     def _hello(self, payload: bytes) -> None:
         if self.peer_id:
             raise ProtocolError("second HELLO")
-        obj = self._unpack(payload, 5, "HELLO")
-        frm = obj[3]
+        obj = self._unpack(payload, 6, "HELLO")
+        frm, meta = obj[3], obj.pop()
+        if type(meta) is not bytes:
+            raise ProtocolError("HELLO member description is not bytes")
         if obj != [_MAGIC, _VERSION, self._cluster_id, frm, self._node_id] or type(frm) is not int or frm <= 0:
             raise ProtocolError(f"HELLO {obj!r:.200} is not for node {self._node_id} of cluster {self._cluster_id}")
         if frm == self._node_id:
             raise ProtocolError("HELLO from our own node id")
         self.peer_id = frm
+        self.peer_meta = meta
 
     def _message(self, payload: bytes) -> Message:
         if not self.peer_id:
@@ -250,6 +257,8 @@ class PeerTransport:
         on_message: Callable[[Message], None],
         on_unreachable: Callable[[int], None] = lambda _id: None,
         on_snapshot_status: Callable[[int, bool], None] = lambda _id, _ok: None,
+        on_peer_hello: Callable[[int, bytes], None] = lambda _id, _meta: None,
+        hello_meta: bytes = b"",
         logger: logging.Logger | None = None,
         frame_bytes_max: int = FRAME_BYTES_MAX,
         snapshot_bytes_max: int = SNAPSHOT_BYTES_MAX,
@@ -266,6 +275,10 @@ class PeerTransport:
         self._on_message = on_message
         self._on_unreachable = on_unreachable
         self._on_snapshot_status = on_snapshot_status
+        self._on_peer_hello = on_peer_hello
+        if len(hello_meta) > HELLO_META_BYTES_MAX:
+            raise ValueError(f"hello_meta is {len(hello_meta)} bytes, over {HELLO_META_BYTES_MAX}")
+        self._hello_meta = hello_meta
         self._log = logger or logging.getLogger(__name__)
         self._frame_bytes_max = frame_bytes_max
         self._snapshot_bytes_max = snapshot_bytes_max
@@ -439,7 +452,7 @@ class PeerTransport:
 
     async def _pump(self, peer: _Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Write queued frames to one connection until it fails (raises OSError)."""
-        hello = pack([_MAGIC, _VERSION, self.cluster_id, self.node_id, peer.node_id])
+        hello = pack([_MAGIC, _VERSION, self.cluster_id, self.node_id, peer.node_id, self._hello_meta])
         writer.write(_HEADER.pack(len(hello), _FRAME_HELLO) + hello)
         self._c.frames_sent += 1
         queue = peer.queue
@@ -512,6 +525,7 @@ class PeerTransport:
             for other_writer, other_dec in self._inbound.values():  # a peer redialled: its old connection is stale
                 if other_writer is not writer and other_dec.peer_id == dec.peer_id:
                     other_writer.close()
+            self._notify(self._on_peer_hello, dec.peer_id, dec.peer_meta)
             while await self._read_some(reader, dec):
                 pass
         except ProtocolError as exc:

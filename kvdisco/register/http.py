@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from kvdisco.raft import NotLeader, ProposalDropped, RaftError
 from kvdisco.raft.node import Node
@@ -144,8 +145,19 @@ async def raft_status(request: web.Request) -> web.Response:
     return _json(200, st)
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (body too large, no route, bad method) answered as JSON, like the rest."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json(exc.status, {"error": exc.reason})
+
+
 def make_app(node: Node, register: RegisterMachine) -> web.Application:
-    app = web.Application(client_max_size=REQUEST_BYTES_MAX)
+    app = web.Application(client_max_size=REQUEST_BYTES_MAX, middlewares=[json_errors])
     app[NODE_KEY] = node
     app[REGISTER_KEY] = register
     app.router.add_get("/livez", livez)

@@ -118,8 +118,10 @@ def frame(kind: int, payload: bytes) -> bytes:
     return struct.pack(">IB", len(payload), kind) + payload
 
 
-def hello(frm: int, to: int, cluster: int = CLUSTER, magic: str = "kvdisco-raft", version: int = 1) -> bytes:
-    return frame(HELLO, msgpack.packb([magic, version, cluster, frm, to]))
+def hello(
+    frm: int, to: int, cluster: int = CLUSTER, magic: str = "kvdisco-raft", version: int = 1, meta: object = b""
+) -> bytes:
+    return frame(HELLO, msgpack.packb([magic, version, cluster, frm, to, meta]))
 
 
 def non_listening_port() -> socket.socket:
@@ -305,6 +307,7 @@ BAD_INPUTS = {
     "wrong_magic": hello(3, 2, magic="etcd"),
     "wrong_version": hello(3, 2, version=2),
     "hello_from_self": hello(2, 2),
+    "hello_meta_not_bytes": hello(3, 2, meta="text"),
     "hello_from_zero": hello(0, 2),
     "second_hello": hello(3, 2) + hello(3, 2),
     "hello_not_msgpack": frame(HELLO, b"\xc1\xc1"),
@@ -426,3 +429,15 @@ def test_decoder_raises_only_protocol_errors(frames: list[bytes], split: int) ->
                 assert m.frm == 3 and m.to == 2
     except ProtocolError:
         pass
+
+
+@bounded(10)
+async def test_hello_carries_the_member_description(make: Make) -> None:
+    seen: list[tuple[int, bytes]] = []
+    a = await make(1, hello_meta=b"member a")
+    b = await make(2, on_peer_hello=lambda i, meta: seen.append((i, meta)))
+    link(a, b)
+    await ping(a, b)
+    assert seen == [(1, b"member a")]
+    with pytest.raises(ValueError):
+        await make(3, hello_meta=b"x" * 10_000)
