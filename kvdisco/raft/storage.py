@@ -95,31 +95,50 @@ def _decode(obj: Any) -> Entry | HardState | _Marker:
 
 
 @dataclass(frozen=True, slots=True)
-class _Torn:
-    reason: str
+class _End:
+    """Where a segment's good records end.
+
+    ``torn`` is None for a clean end: EOF, or only zero bytes up to EOF (the unused, preallocated
+    rest of the segment). Otherwise it says why the bytes from the end offset up to ``stop`` are a
+    torn final write; every byte from ``stop`` to EOF is zero.
+    """
+
+    torn: str | None = None
+    stop: int = 0
 
 
-def _records(path: str, data: bytes, is_last: bool) -> Iterator[tuple[int, Entry | HardState | _Marker | _Torn]]:
-    """Yield (offset, record) for each good record; a torn tail of the last segment ends with a _Torn."""
+def _zeros_from(data: bytes, pos: int) -> bool:
+    return data.count(0, pos) == len(data) - pos
+
+
+def _records(path: str, data: bytes, is_last: bool) -> Iterator[tuple[int, Entry | HardState | _Marker | _End]]:
+    """Yield (offset, record) for each good record, then (offset, _End) for where they end.
+
+    An all-zero header is never a record (a zero-length record would have crc32(b"") == 0): it
+    is the end of the data, and every byte after it must be zero too. A damaged final record
+    followed only by zeros is a torn write, accepted only in the last segment.
+    """
     view = memoryview(data)
     pos, n = 0, len(data)
     while pos < n:
         head = min(n - pos, _HEADER.size)
-        if data.count(0, pos, pos + head) == head and data.count(0, pos) == n - pos:
-            torn = "trailing zero bytes"
-        elif head < _HEADER.size:
-            torn = "record header runs past end of file"
+        if data.count(0, pos, pos + head) == head:
+            if not _zeros_from(data, pos):
+                raise CorruptLogError(path, pos, "zero record header with non-zero bytes after it")
+            break
+        if head < _HEADER.size:
+            torn, stop = "record header runs past end of file", n
         else:
             length, crc = _HEADER.unpack_from(data, pos)
             end = pos + _HEADER.size + length
             if length > WAL_RECORD_BYTES_MAX:
                 raise CorruptLogError(path, pos, f"record length {length} exceeds {WAL_RECORD_BYTES_MAX}")
             if end > n:
-                torn = "record payload runs past end of file"
+                torn, stop = "record payload runs past end of file", n
             elif zlib.crc32(view[pos + _HEADER.size : end]) != crc:
-                if end != n:
-                    raise CorruptLogError(path, pos, "checksum mismatch with more records after it")
-                torn = "checksum mismatch in the final record"
+                if not _zeros_from(data, end):
+                    raise CorruptLogError(path, pos, "checksum mismatch with non-zero bytes after the record")
+                torn, stop = "checksum mismatch in the final record", end
             else:
                 try:
                     rec = _decode(unpack(data[pos + _HEADER.size : end]))
@@ -130,8 +149,9 @@ def _records(path: str, data: bytes, is_last: bool) -> Iterator[tuple[int, Entry
                 continue
         if not is_last:
             raise CorruptLogError(path, pos, f"{torn} in a segment that is not the last")
-        yield pos, _Torn(torn)
+        yield pos, _End(torn, stop)
         return
+    yield pos, _End()
 
 
 class _Replay:
@@ -200,13 +220,17 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_file(path: str, chunks: list[bytes]) -> None:
-    """Write a new file as temp + fsync + rename + fsync(dir): readers see all of it or none."""
+def _write_file(path: str, chunks: list[bytes], preallocate: int = 0) -> None:
+    """Write a new file as temp + fsync + rename + fsync(dir): readers see all of it or none.
+
+    ``preallocate``: also allocate (zero-filled) space up to this size before the fsync.
+    """
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         for chunk in chunks:
             _write_all(fd, chunk)
+        _preallocate(fd, preallocate)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -218,6 +242,25 @@ def _write_all(fd: int, buf: bytes) -> None:
     view = memoryview(buf)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _pwrite_all(fd: int, buf: bytes, offset: int) -> None:
+    view = memoryview(buf)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _preallocate(fd: int, size: int) -> bool:
+    """Allocate the file's blocks up to ``size`` if it is shorter (new space reads as zeros).
+
+    Appends that stay inside allocated space leave the file size alone, so their fdatasync need
+    not commit an inode update. The caller fsyncs: the allocation is metadata. True if it grew.
+    """
+    if os.fstat(fd).st_size >= size:
+        return False
+    os.posix_fallocate(fd, 0, size)
+    return True
 
 
 class DiskStorage:
@@ -290,9 +333,9 @@ class DiskStorage:
             self._segments = []
             self._create_segment(seq=0)
             return
-        rep, end = self._replay_segment(segments[0], None, is_last=len(segments) == 1)
+        rep, end, tail = self._replay_segment(segments[0], None, is_last=len(segments) == 1)
         for n, seg in enumerate(segments[1:], start=2):
-            rep, end = self._replay_segment(seg, rep, is_last=n == len(segments))
+            rep, end, tail = self._replay_segment(seg, rep, is_last=n == len(segments))
         if rep.base > rep.snap_index:
             raise StorageError(f"entries {rep.snap_index + 1}..{rep.base} are missing: a WAL segment was lost")
         if rep.hard_state.commit > rep.last():
@@ -306,19 +349,37 @@ class DiskStorage:
                 self._log.warning("removing snapshot file %s: it was written but never installed", path)
                 os.unlink(path)
         self._segments = segments
-        self._fd = os.open(segments[-1].path, os.O_WRONLY | os.O_APPEND)
-        self._segment_size = end
+        self._open_last_segment(end, tail)
         self._compact(self.snapshot.index + 1)
 
-    def _replay_segment(self, seg: _Segment, rep: _Replay | None, is_last: bool) -> tuple[_Replay, int]:
-        """Apply one segment's records to ``rep``; return it and the end of the good records."""
+    def _open_last_segment(self, end: int, tail: _End) -> None:
+        """Open the last segment for writing at ``end``: zero a torn tail, re-preallocate, fsync.
+
+        Runs only after every check of the recovery passed, so a refused open changes no WAL byte.
+        """
+        path = self._segments[-1].path
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            changed = False
+            if tail.torn is not None:
+                self._log.warning("WAL %s: %s at offset %d; zeroing the torn tail", path, tail.torn, end)
+                _pwrite_all(fd, bytes(tail.stop - end), end)
+                changed = True
+            if _preallocate(fd, self._segment_bytes) or changed:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._segment_size = fd, end
+
+    def _replay_segment(self, seg: _Segment, rep: _Replay | None, is_last: bool) -> tuple[_Replay, int, _End]:
+        """Apply one segment's records to ``rep``; return it, the end of the good records and the tail there."""
         with open(seg.path, "rb") as f:
             data = f.read()
-        end, count = len(data), 0
+        end, tail, count = 0, _End(), 0
         for off, rec in _records(seg.path, data, is_last):
-            if isinstance(rec, _Torn):
-                self._log.warning("WAL %s: %s at offset %d; truncating the torn tail", seg.path, rec.reason, off)
-                end = off
+            if isinstance(rec, _End):
+                end, tail = off, rec
                 break
             try:
                 if count == 0:  # header: the snapshot marker in force when the segment was created
@@ -343,14 +404,7 @@ class DiskStorage:
             count += 1
         if rep is None or count < 2:
             raise CorruptLogError(seg.path, end, "segment lacks its snapshot marker and hard state header")
-        if end < len(data):
-            fd = os.open(seg.path, os.O_WRONLY)
-            try:
-                os.ftruncate(fd, end)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return rep, end
+        return rep, end, tail
 
     # --- public API -------------------------------------------------------------------------
 
@@ -368,7 +422,7 @@ class DiskStorage:
             raise StorageError(f"cannot read snapshot {path}: {exc}") from exc
 
     def save(self, entries: list[Entry], hard_state: HardState | None) -> None:
-        """Durably append entries and/or hard state with one write and one fdatasync (group commit).
+        """Durably append entries and/or hard state with one pwrite and one fdatasync (group commit).
 
         An entries[0].index at or below last_index() first truncates the log there (Raft conflict
         truncation). Misuse raises StorageError with nothing written.
@@ -468,14 +522,19 @@ class DiskStorage:
             raise StorageError(f"storage unusable: {self._failure}")
 
     def _append(self, buf: bytes) -> None:
-        """Append to the current segment and fdatasync; on any failure stop for good (fsync errors are sticky)."""
+        """Append to the current segment and fdatasync; on any failure stop for good (fsync errors are sticky).
+
+        The write goes at the end of the data, into the preallocated zeros; a batch that does not
+        fit in them extends the file. Every byte after the data is zero, which is how recovery
+        tells the end of the data and a torn last write apart.
+        """
         try:
-            _write_all(self._fd, buf)
+            _pwrite_all(self._fd, buf, self._segment_size)
             os.fdatasync(self._fd)
         except OSError as exc:
             self._failure = f"WAL append failed: {exc}"
             with contextlib.suppress(OSError):  # never leave a partial record for the next append to bury
-                os.ftruncate(self._fd, self._segment_size)
+                os.ftruncate(self._fd, self._segment_size)  # recovery preallocates the segment again
             raise StorageError(self._failure) from exc
         self._segment_size += len(buf)
 
@@ -488,12 +547,15 @@ class DiskStorage:
                 raise StorageError(self._failure) from exc
 
     def _create_segment(self, seq: int) -> None:
-        """Start a segment that opens with the snapshot marker and hard state, so older ones can go."""
+        """Start a segment that opens with the snapshot marker and hard state, so older ones can go.
+
+        It is preallocated to segment_bytes before its one fsync, and appears whole under its name.
+        """
         first = self.last_index() + 1
         path = os.path.join(self._wal_dir, f"{seq:016x}-{first:016x}.wal")
         header = _marker_record(self.snapshot.index, self.snapshot.term, True) + _hard_state_record(self.hard_state)
-        _write_file(path, [header])
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        _write_file(path, [header], preallocate=self._segment_bytes)
+        fd = os.open(path, os.O_WRONLY)
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._segment_size = fd, len(header)

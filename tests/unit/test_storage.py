@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from kvdisco.raft._codec import pack
 from kvdisco.raft._messages import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from kvdisco.raft.errors import CorruptLogError, StorageError
+from kvdisco.raft.limits import WAL_SEGMENT_BYTES
 from kvdisco.raft.storage import DiskStorage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,32 @@ def reopen(s: DiskStorage, d: Path, **kw: Any) -> DiskStorage:
 def raw_record(obj: list[Any]) -> bytes:
     payload = pack(obj)
     return struct.pack(">II", len(payload), zlib.crc32(payload)) + payload
+
+
+#: segment_bytes for the tests that edit segment bytes: small files, still preallocated.
+SEG = 4096
+
+
+def record_ends(path: Path) -> list[int]:
+    """The offset just past each record, found by walking the length fields up to an all-zero header."""
+    data, ends, pos = path.read_bytes(), [], 0
+    while pos + 8 <= len(data) and any(data[pos : pos + 8]):
+        pos += 8 + struct.unpack_from(">I", data, pos)[0]
+        ends.append(pos)
+    return ends
+
+
+def data_end(path: Path) -> int:
+    """Where a segment's records end. File size is no guide: segments are preallocated with zeros."""
+    ends = record_ends(path)
+    return ends[-1] if ends else 0
+
+
+def patch(path: Path, offset: int, new: bytes) -> None:
+    """Overwrite bytes in place, keeping the file's size and its preallocated space."""
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(new)
 
 
 # --- round trips ------------------------------------------------------------------------------
@@ -187,50 +214,175 @@ def test_snapshot_that_conflicts_below_commit_is_refused(tmp_path: Path) -> None
     s.close()
 
 
+# --- preallocation ----------------------------------------------------------------------------
+
+
+def test_new_segments_are_preallocated_to_segment_bytes(tmp_path: Path) -> None:
+    s = DiskStorage.open(tmp_path / "default")
+    (seg,) = wal_files(tmp_path / "default")
+    assert seg.stat().st_size == WAL_SEGMENT_BYTES
+    s.save([ent(1)], HardState(1, 1, 0))
+    assert seg.stat().st_size == WAL_SEGMENT_BYTES  # the write went into the allocated space
+    s.close()
+
+    s = DiskStorage.open(tmp_path / "small", segment_bytes=SEG)
+    while len(wal_files(tmp_path / "small")) < 2:
+        s.save([ent(s.last_index() + 1, data=b"r" * 100)], None)
+    old, new = wal_files(tmp_path / "small")
+    # The batch that crossed segment_bytes extended the old segment; the new one starts preallocated.
+    assert old.stat().st_size == data_end(old) > SEG
+    assert new.stat().st_size == SEG
+    assert not any(new.read_bytes()[data_end(new) :])
+    s.close()
+
+
+def test_reopen_after_clean_close_neither_warns_nor_changes_the_segment(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = DiskStorage.open(tmp_path, segment_bytes=SEG)
+    for i in range(1, 6):
+        s.save([ent(i)], HardState(1, 1, i - 1))
+    before, seg = view(s), wal_files(tmp_path)[-1]
+    data = seg.read_bytes()
+    with caplog.at_level(logging.WARNING):
+        s = reopen(s, tmp_path, segment_bytes=SEG)
+    assert caplog.records == []
+    assert view(s) == before
+    assert seg.read_bytes() == data and len(data) == SEG
+    end = data_end(seg)
+    s.save([ent(6)], None)  # goes where the data ended, over the zeros
+    assert seg.read_bytes()[:end] == data[:end] and data_end(seg) > end and seg.stat().st_size == SEG
+    s = reopen(s, tmp_path, segment_bytes=SEG)
+    assert s.last_index() == 6
+    s.close()
+
+
+def test_segment_without_preallocation_is_preallocated_on_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ends = _log_with_offsets(tmp_path)
+    seg = wal_files(tmp_path)[-1]
+    os.truncate(seg, ends[-1])  # as an older build, which appended with O_APPEND, left it
+    data = seg.read_bytes()
+    with caplog.at_level(logging.WARNING):
+        s = DiskStorage.open(tmp_path, segment_bytes=SEG)
+    assert caplog.records == []
+    assert s.last_index() == 4
+    assert seg.stat().st_size == SEG and seg.read_bytes()[: len(data)] == data
+    s.save([ent(5)], HardState(1, 1, 4))
+    s = reopen(s, tmp_path, segment_bytes=SEG)
+    assert (s.last_index(), s.hard_state.commit) == (5, 4)
+    s.close()
+
+
+def test_failed_fdatasync_removes_the_partial_record_and_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = DiskStorage.open(tmp_path, segment_bytes=SEG)
+    s.save([ent(1), ent(2)], HardState(1, 1, 1))
+    seg = wal_files(tmp_path)[-1]
+    good_end = data_end(seg)
+
+    def fail(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", fail)
+    with pytest.raises(StorageError, match="WAL append failed"):
+        s.save([ent(3)], None)
+    monkeypatch.undo()
+    with pytest.raises(StorageError, match="unusable"):
+        s.save([ent(3)], None)
+    assert seg.stat().st_size == good_end  # the unacknowledged record is gone
+    with caplog.at_level(logging.WARNING):
+        s = reopen(s, tmp_path, segment_bytes=SEG)
+    assert caplog.records == []
+    assert s.last_index() == 2 and seg.stat().st_size == SEG
+    s.close()
+
+
 # --- torn tails -------------------------------------------------------------------------------
 
 
 def _log_with_offsets(d: Path, n: int = 4) -> list[int]:
-    """Save entries 1..n one per save; return the segment size after each save."""
-    s = DiskStorage.open(d)
+    """Save entries 1..n one per save in a SEG-byte segment; return where the data ends after each save."""
+    s = DiskStorage.open(d, segment_bytes=SEG)
     ends = []
     for i in range(1, n + 1):
         s.save([ent(i, data=b"d" * 40)], HardState(1, 1, i - 1))
-        ends.append(wal_files(d)[-1].stat().st_size)
+        ends.append(data_end(wal_files(d)[-1]))
     s.close()
+    assert wal_files(d)[-1].stat().st_size == SEG
     return ends
 
 
-@pytest.mark.parametrize("damage", ["mid_header", "mid_payload", "bad_crc_at_end", "trailing_zeros", "zeros_record"])
-def test_torn_tail_is_truncated_and_earlier_records_kept(
+@pytest.mark.parametrize("layout", ["zeros", "cut"])
+@pytest.mark.parametrize("damage", ["mid_header", "mid_payload", "bad_crc_at_end"])
+def test_torn_tail_is_zeroed_and_earlier_records_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str, layout: str
+) -> None:
+    """The last write was cut by a crash: only a prefix of it reached the disk.
+
+    layout "zeros": the write went into preallocated space, so zeros follow the damage.
+    layout "cut": the file ends at the damage (a segment from an older build, or a batch that
+    extended the file past its preallocation).
+    """
+    ends = _log_with_offsets(tmp_path)
+    seg = wal_files(tmp_path)[-1]
+    good_end, last_end = ends[-2], ends[-1]  # the last save wrote entry 4 and a hard state
+    if damage == "mid_header":
+        keep = good_end + 6  # the length and half the crc of entry 4's record
+    elif damage == "mid_payload":
+        keep = good_end + 8 + 5
+    else:
+        good_end = record_ends(seg)[-2]  # keep entry 4, damage its hard state
+        keep = last_end
+        patch(seg, last_end - 1, bytes([seg.read_bytes()[last_end - 1] ^ 0xFF]))
+    if layout == "zeros":
+        patch(seg, keep, bytes(last_end - keep))
+    else:
+        os.truncate(seg, keep)
+    with caplog.at_level(logging.WARNING):
+        s = DiskStorage.open(tmp_path, segment_bytes=SEG)
+    assert "torn tail" in caplog.text and f"at offset {good_end}" in caplog.text
+    data = seg.read_bytes()
+    assert data_end(seg) == good_end and not any(data[good_end:]), "the torn bytes are zeroed"
+    assert len(data) == SEG, "the segment is preallocated again"
+    expected_last = 4 if damage == "bad_crc_at_end" else 3
+    assert s.last_index() == expected_last
+    assert [e.data for e in s.entries] == [b"d" * 40] * expected_last
+    s.save([ent(expected_last + 1)], HardState(1, 1, expected_last))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        s = reopen(s, tmp_path, segment_bytes=SEG)
+    assert caplog.records == []
+    assert s.last_index() == expected_last + 1 and s.hard_state.commit == expected_last
+    s.close()
+
+
+@pytest.mark.parametrize("damage", ["last_write_unwritten", "zeros_past_preallocation", "short_zero_tail"])
+def test_zeros_after_the_last_record_are_the_normal_end(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
 ) -> None:
     ends = _log_with_offsets(tmp_path)
     seg = wal_files(tmp_path)[-1]
-    good_end, last_end = ends[-2], ends[-1]  # the last save wrote entry 4 and a hard state
+    expected_last = 4
+    if damage == "last_write_unwritten":  # the blocks of the last write read back as zeros
+        patch(seg, ends[-2], bytes(ends[-1] - ends[-2]))
+        expected_last = 3
+    elif damage == "zeros_past_preallocation":
+        with seg.open("ab") as f:
+            f.write(bytes(4096))
+    else:  # fewer zero bytes than a record header
+        os.truncate(seg, ends[-1] + 3)
     data = seg.read_bytes()
-    if damage == "mid_header":
-        seg.write_bytes(data[: good_end + 3])
-    elif damage == "mid_payload":
-        seg.write_bytes(data[: good_end + 8 + 5])
-    elif damage == "bad_crc_at_end":
-        good_end = ends[-1] - len(raw_record([1, 1, 1, 3]))  # keep entry 4, damage its hard state
-        seg.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
-    elif damage == "trailing_zeros":
-        seg.write_bytes(data + b"\x00" * 4096)
-        good_end = last_end
-    else:  # the last write never reached the disk: its blocks read back as zeros
-        seg.write_bytes(data[:good_end] + b"\x00" * (last_end - good_end))
     with caplog.at_level(logging.WARNING):
-        s = DiskStorage.open(tmp_path)
-    assert "torn tail" in caplog.text
-    assert seg.stat().st_size == good_end
-    expected_last = 4 if damage in ("bad_crc_at_end", "trailing_zeros") else 3
+        s = DiskStorage.open(tmp_path, segment_bytes=SEG)
+    assert caplog.records == []
     assert s.last_index() == expected_last
-    assert [e.data for e in s.entries] == [b"d" * 40] * expected_last
-    s.save([ent(expected_last + 1)], HardState(1, 1, expected_last))
-    s = reopen(s, tmp_path)
-    assert s.last_index() == expected_last + 1 and s.hard_state.commit == expected_last
+    assert seg.read_bytes()[: len(data)] == data and seg.stat().st_size >= SEG
+    s.save([ent(expected_last + 1)], None)
+    s = reopen(s, tmp_path, segment_bytes=SEG)
+    assert s.last_index() == expected_last + 1
     s.close()
 
 
@@ -242,23 +394,49 @@ def test_corrupt_record_in_the_middle_names_file_and_offset(tmp_path: Path) -> N
     data[offset + 8 + 3] ^= 0x01
     seg.write_bytes(bytes(data))
     with pytest.raises(CorruptLogError) as info:
-        DiskStorage.open(tmp_path)
+        DiskStorage.open(tmp_path, segment_bytes=SEG)
     assert (info.value.path, info.value.offset) == (str(seg), offset)
     assert "checksum" in info.value.reason
     assert seg.read_bytes() == bytes(data), "recovery must not touch a corrupt log"
 
 
+@pytest.mark.parametrize("damage", ["bad_crc_then_stray_byte", "zero_header_then_payload", "zeros_then_stray_byte"])
+def test_bad_bytes_followed_by_non_zero_data_are_corruption(tmp_path: Path, damage: str) -> None:
+    """Only zeros may follow a torn record or the end of the data; anything else is damage, not a crash."""
+    _log_with_offsets(tmp_path)
+    seg = wal_files(tmp_path)[-1]
+    ends = record_ends(seg)
+    if damage == "bad_crc_then_stray_byte":
+        offset = ends[-2]  # the last record: the hard state
+        patch(seg, ends[-1] - 1, bytes([seg.read_bytes()[ends[-1] - 1] ^ 0xFF]))
+        patch(seg, SEG - 1, b"\x01")
+    elif damage == "zero_header_then_payload":  # never a zero-length record, though crc32(b"") == 0
+        offset = ends[-1]
+        patch(seg, offset + 8, pack([1, 1, 1, 3]))
+    else:
+        offset = ends[-1]
+        patch(seg, offset + 100, b"\x07")
+    data = seg.read_bytes()
+    with pytest.raises(CorruptLogError) as info:
+        DiskStorage.open(tmp_path, segment_bytes=SEG)
+    assert (info.value.path, info.value.offset) == (str(seg), offset)
+    assert "non-zero bytes after" in info.value.reason
+    assert seg.read_bytes() == data, "recovery must not touch a corrupt log"
+
+
 def test_undecodable_record_with_valid_crc_is_corruption(tmp_path: Path) -> None:
     ends = _log_with_offsets(tmp_path, 2)
     seg = wal_files(tmp_path)[-1]
-    with seg.open("ab") as f:
-        f.write(raw_record([9, 1, 2]))
+    patch(seg, ends[-1], raw_record([9, 1, 2]))
     with pytest.raises(CorruptLogError) as info:
-        DiskStorage.open(tmp_path)
+        DiskStorage.open(tmp_path, segment_bytes=SEG)
     assert info.value.offset == ends[-1]
+    assert "undecodable" in info.value.reason
 
 
-@pytest.mark.parametrize("damage", ["bad_crc_at_end", "cut_mid_payload", "trailing_zeros"])
+@pytest.mark.parametrize(
+    "damage", ["bad_crc_at_end", "cut_mid_payload", "bad_crc_then_zeros", "cut_mid_payload_then_zeros"]
+)
 def test_damage_in_a_segment_that_is_not_last_is_corruption(tmp_path: Path, damage: str) -> None:
     s = DiskStorage.open(tmp_path, segment_bytes=200)
     for i in range(1, 20):
@@ -266,34 +444,61 @@ def test_damage_in_a_segment_that_is_not_last_is_corruption(tmp_path: Path, dama
     s.close()
     first = wal_files(tmp_path)[0]
     data = first.read_bytes()
+    assert data_end(first) == len(data) > 200  # the save that crossed 200 bytes extended it
+    flipped = data[:-1] + bytes([data[-1] ^ 0xFF])
     damaged = {
-        "bad_crc_at_end": data[:-1] + bytes([data[-1] ^ 0xFF]),
+        "bad_crc_at_end": flipped,
         "cut_mid_payload": data[:-3],
-        "trailing_zeros": data + b"\x00" * 16,
+        "bad_crc_then_zeros": flipped + bytes(64),
+        "cut_mid_payload_then_zeros": data[:-3] + bytes(67),
     }[damage]
     first.write_bytes(damaged)
-    with pytest.raises(CorruptLogError) as info:
+    with pytest.raises(CorruptLogError, match="not the last") as info:
         DiskStorage.open(tmp_path, segment_bytes=200)
-    assert info.value.path == str(first)
+    assert (info.value.path, info.value.offset) == (str(first), record_ends(first)[-2])
+
+
+def test_zero_tail_in_a_segment_that_is_not_last_is_accepted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Created with a large segment_bytes, rolled after a restart with a small one: the old
+    # segment keeps its unused preallocated space.
+    s = DiskStorage.open(tmp_path, segment_bytes=SEG)
+    s.save([ent(1), ent(2)], HardState(1, 1, 2))
+    s = reopen(s, tmp_path, segment_bytes=200)
+    for i in range(3, 8):
+        s.save([ent(i, data=b"z" * 30)], None)
+    old = wal_files(tmp_path)[0]
+    assert len(wal_files(tmp_path)) > 1 and old.stat().st_size == SEG > data_end(old)
+    before = view(s)
+    with caplog.at_level(logging.WARNING):
+        s = reopen(s, tmp_path, segment_bytes=200)
+    assert caplog.records == []
+    assert view(s) == before
+    s.close()
 
 
 def test_invariant_violations_on_load_are_reported(tmp_path: Path) -> None:
     _log_with_offsets(tmp_path, 3)
     seg = wal_files(tmp_path)[-1]
     clean = seg.read_bytes()
+    end = data_end(seg)
+
+    def damage_with(record: bytes) -> None:
+        seg.write_bytes(clean)
+        patch(seg, end, record)
+
     # An entry that leaves a gap: valid bytes, impossible log.
-    seg.write_bytes(clean + raw_record([0, 1, 9, 0, b"gap"]))
+    damage_with(raw_record([0, 1, 9, 0, b"gap"]))
     with pytest.raises(CorruptLogError, match="not contiguous") as info:
-        DiskStorage.open(tmp_path)
-    assert info.value.offset == len(clean)
+        DiskStorage.open(tmp_path, segment_bytes=SEG)
+    assert info.value.offset == end
     # A hard state whose commit is past the log.
-    seg.write_bytes(clean + raw_record([1, 1, 1, 9]))
+    damage_with(raw_record([1, 1, 1, 9]))
     with pytest.raises(StorageError, match="commit 9"):
-        DiskStorage.open(tmp_path)
+        DiskStorage.open(tmp_path, segment_bytes=SEG)
     # A term going backwards.
-    seg.write_bytes(clean + raw_record([1, 0, 1, 0]))
+    damage_with(raw_record([1, 0, 1, 0]))
     with pytest.raises(CorruptLogError, match="term went back"):
-        DiskStorage.open(tmp_path)
+        DiskStorage.open(tmp_path, segment_bytes=SEG)
 
 
 def test_lost_segment_is_detected(tmp_path: Path) -> None:
