@@ -89,6 +89,11 @@ class RawNode:
     def take_early_messages(self) -> list[Message]:
         """Leader messages that may be sent now, before the next Ready is persisted (thesis §10.2.1)."""
         self.raft.flush()
+        r, prev = self.raft, self._prev_hard
+        if (r.term, r.vote) != (prev.term, prev.vote):
+            # Our term or vote is not durable yet (a lone voter wins at once): after a crash we could reuse the
+            # term for other entries. They leave with the Ready that persists it, as ready() arranges.
+            return []
         msgs, self.raft.msgs_early = self.raft.msgs_early, []
         return msgs
 

@@ -318,10 +318,37 @@ def test_second_conf_change_refused_while_one_is_pending() -> None:
     h.rn(1).propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 5))
 
 
-def test_new_leader_refuses_conf_change_until_its_noop_is_applied() -> None:
-    # Regression: pending_conf_index used to stop at the entry before the no-op, so a new leader whose log was
-    # fully applied accepted a change before committing anything in its term. Ongaro (raft-dev, 2015): a leader
-    # must commit an entry of its own term before appending a new configuration.
+def test_new_leader_refuses_conf_change_until_its_inherited_tail_is_applied() -> None:
+    # §4.1: one change at a time. A new leader cannot know whether entries of earlier terms in its log (maybe a
+    # membership change) are committed until its no-op commits, so it accepts no change before they are applied.
+    h = elected()
+    h.run("add-node 4")
+    h.run("propose-conf-change 1 add-learner 4")
+    h.process_ready(1)
+    h.deliver(lambda m: m.to == 2)
+    h.process_ready(2)
+    h.run("drop-msgs")  # 1 never learns 2 has it: uncommitted
+    h.run("crash 1")
+    h.tick(3, 10)  # out of 1's lease
+    h.run("tick-election 2")
+    for _ in range(2):  # pre-vote round, then vote round
+        h.process_ready(2)
+        h.deliver(lambda m: m.to == 3)
+        h.process_ready(3)
+        h.deliver(lambda m: m.to == 2)
+    r2 = h.rn(2)
+    assert r2.role == StateRole.LEADER and r2.raft.log.applied < r2.raft.log.last_index() - 1
+    cc = ConfChange(ConfChangeType.ADD_VOTER, 4)
+    with pytest.raises(ConfChangeError):
+        r2.propose_conf_change(cc)
+    h.stabilize(ids=[2, 3])
+    assert r2.raft.learners == {4}  # the inherited change committed with the no-op, and is now applied
+    r2.propose_conf_change(cc)
+
+
+def test_new_leader_with_fully_applied_log_may_change_membership_at_once() -> None:
+    # Like etcd: configurations take effect when applied, so a leader whose whole log is applied (hence
+    # committed) has nothing pending, even before its no-op commits.
     h = elected()
     h.run("transfer-leader 1 2")
     h.process_ready(1)
@@ -331,13 +358,10 @@ def test_new_leader_refuses_conf_change_until_its_noop_is_applied() -> None:
     h.process_ready(1)
     h.deliver(lambda m: m.to == 2)
     r2 = h.rn(2)
-    assert r2.role == StateRole.LEADER and r2.raft.log.applied == 4
-    cc = ConfChange(ConfChangeType.REMOVE_NODE, 3)
-    with pytest.raises(ConfChangeError):
-        r2.propose_conf_change(cc)
+    assert r2.role == StateRole.LEADER and r2.raft.log.applied == 4 < r2.raft.log.last_index()
+    r2.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, 3))
     h.stabilize()
-    assert r2.raft.log.applied == 5
-    r2.propose_conf_change(cc)
+    assert r2.raft.voters == {1, 2}
 
 
 def test_conf_change_applies_on_apply_not_on_append() -> None:

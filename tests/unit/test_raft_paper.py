@@ -453,6 +453,37 @@ def test_leader_whose_term_is_not_durable_sends_nothing_early() -> None:
     assert rn.take_early_messages() == []
 
 
+def test_take_early_messages_waits_for_a_durable_term() -> None:
+    # Regression: take_early_messages() handed out a new single-voter leader's APPs before its term was durable.
+    # A crash then let it reuse the term for different entries at the same indexes: its learner kept 3/5 'x'
+    # while the leader committed 3/5 'y' (Log Matching broken, state machines diverge).
+    h = Harness()
+    h.run("bootstrap 1")
+    h.run("campaign 1")
+    h.stabilize()
+    h.run("add-node 2")
+    h.run("propose-conf-change 1 add-learner 2")
+    h.stabilize()
+    h.run("crash 1")
+    h.run("restart 1")
+    h.stabilize()
+    h.run("campaign 1")  # leader of term 3 at once; term 3 is not durable yet
+    h.run("propose 1 x")
+    h.run("take-early 1")
+    h.deliver()
+    h.stabilize(ids=[2])
+    h.run("crash 1")  # before its Ready was persisted
+    h.run("restart 1")
+    h.stabilize()
+    h.run("campaign 1")
+    h.run("propose 1 y")
+    h.stabilize()
+    h.run("tick-heartbeat 1")
+    h.stabilize()
+    assert h.node(1).sm == ["y"]
+    assert h.node(2).sm == h.node(1).sm
+
+
 def test_vote_lost_in_a_crash_before_persist_is_never_sent() -> None:
     # Paper Figure 2: votedFor is persistent; a grant that was not made durable must not reach the candidate.
     h = Harness()
