@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 1
     print(sim.summary())
-    print(f"profile: {sim.profile.describe()}")
+    print(f"profile: {sim.profile_description}")
     return 0
 
 

@@ -128,6 +128,8 @@ class Profile:
     fsync_delay_max: int = 0
     #: Call take_early_messages() while a Ready is being persisted, with this probability per round.
     early: float = 1.0
+    #: Apply the committed entries that are already durable here while the Ready's fsync runs (as node.py does).
+    early_apply: bool = False
     #: Per-tick probabilities of starting each fault.
     crash: float = 0.0
     down_ticks_max: int = 40
@@ -181,6 +183,7 @@ class Profile:
         p.propose = rng.choice((0.2, 0.5, 1.0))
         p.snapshot_every = rng.choice((0, 3, 10, 40))
         p.wire = r() < 0.3
+        p.early_apply = r() < 0.5
         return p
 
     def describe(self) -> str:
@@ -306,6 +309,8 @@ class SimNode:
         "read_states",
         "reads",
         "ready",
+        "ready_applied",
+        "ready_prev_term",
         "restart_at",
         "retired",
         "sm",
@@ -324,6 +329,10 @@ class SimNode:
         #: The Ready being persisted, and the tick its fsync completes (None: held by a scenario).
         self.ready: Ready | None = None
         self.fsync_due: int | None = 0
+        #: The term of the entry before the Ready's first entry, taken with the Ready.
+        self.ready_prev_term = 0
+        #: How many of the Ready's committed entries were applied while its fsync ran.
+        self.ready_applied = 0
         self.paused_until = 0
         self.restart_at = 0
         #: Proposals made here: index -> (term, data, op id). Acknowledged when applied here.
@@ -391,6 +400,7 @@ class Simulator:
         steps: int | None = None,
         bug: str | None = None,
         chaos: bool | None = None,
+        rerun: str | None = None,
         verbose: bool = False,
         log: Callable[[str], None] = print,
     ) -> None:
@@ -399,11 +409,12 @@ class Simulator:
         self.seed = seed
         self.rng = random.Random(seed)
         self.profile = profile if profile is not None else Profile.random(self.rng)
-        self._steps_arg = steps
         if steps is not None:
             self.profile.steps = steps
-        self._profile_desc = self.profile.describe()
+        self.profile_description = self.profile.describe()
         self.bug = bug
+        #: How to rerun this simulation; scripted scenarios name their test instead of a seed.
+        self.rerun = rerun if rerun is not None else rerun_command(seed, steps, bug)
         self.verbose = verbose
         self._log = log
         self.now = 0
@@ -447,8 +458,8 @@ class Simulator:
     def fail(self, what: str) -> SimulationFailure:
         lines = [
             f"seed {self.seed} failed at tick {self.now}: {what}",
-            f"rerun: {rerun_command(self.seed, self._steps_arg, self.bug)}",
-            f"profile: {self._profile_desc}",
+            f"rerun: {self.rerun}",
+            f"profile: {self.profile_description}",
             "nodes: " + "; ".join(self._node_line(n) for n in self.nodes.values()),
             "recent events:",
         ]
@@ -532,6 +543,7 @@ class Simulator:
         n.alive = True
         n.incarnation += 1
         n.ready = None
+        n.ready_applied = 0
         n.fsync_due = 0
         n.props = {}
         n.reads = {}
@@ -595,6 +607,11 @@ class Simulator:
                 if not one_way:
                     self.blocked.add((b, a))
         self.event(f"partition {sorted(side_a)} {'->' if one_way else '<->'} {sorted(side_b)}")
+
+    def inject(self, m: Message, src: int) -> None:
+        """A scenario's hook: put ``m`` on the wire now, as if node ``src`` had just sent it."""
+        self._seq += 1
+        heapq.heappush(self._net, (self.now, 0.0, self._seq, m, src, self.nodes[src].incarnation))
 
     def heal(self) -> None:
         if self.blocked:
@@ -696,7 +713,7 @@ class Simulator:
             prev = raw.raft.log.term(first - 1)
             if prev is None:
                 raise self.fail(f"node {n.id}: Ready.entries start at {first} but the log has no entry before it")
-            self._check_entries(n, rd.entries, prev)
+            n.ready_prev_term = prev
         if rd.messages_before_persist:
             self._send(n, rd.messages_before_persist)
         if self.bug == "send_before_persist" and rd.messages:
@@ -704,7 +721,16 @@ class Simulator:
             rd.messages = []
         if rd.must_sync():
             n.ready = rd
+            n.ready_applied = 0
             self._syncing[n.id] = None
+            if self.profile.early_apply and rd.snapshot is None and rd.committed_entries:
+                # Entries durable here before this Ready may be applied while its fsync runs (node.py does).
+                stable = raw.raft.log.stable
+                for e in rd.committed_entries:
+                    if e.index > stable:
+                        break
+                    self._apply(n, e)
+                    n.ready_applied += 1
             if n.fsync_due is not None:
                 f = self.profile.fsync_delay_max
                 n.fsync_due = self.now + (self.rng.randint(0, f) if f else 0)
@@ -722,6 +748,8 @@ class Simulator:
                 raise self.fail(f"node {n.id}: Ready.snapshot {rd.snapshot} without snapshot_data")
             st.install_snapshot(rd.snapshot, rd.snapshot_data)
         if rd.entries:
+            # Checked as they become durable: entries that die with a crash before their fsync never existed.
+            self._check_entries(n, rd.entries, n.ready_prev_term)
             st.append(rd.entries)
         if rd.hard_state is not None:
             if rd.must_sync():
@@ -738,8 +766,9 @@ class Simulator:
             for i in [i for i in n.props if i <= rd.snapshot.index]:
                 del n.props[i]
             self.event(f"node {n.id} installed snapshot at {rd.snapshot.index}")
-        for e in rd.committed_entries:
+        for e in rd.committed_entries[n.ready_applied :]:
             self._apply(n, e)
+        n.ready_applied = 0
         for rs in rd.read_states:
             if rs.context in n.reads:
                 n.read_states.append(rs)
@@ -942,13 +971,36 @@ class Simulator:
             )
 
     def check_logs(self) -> None:
-        """The full check over every live node's in-memory log."""
+        """The full check over every live node's in-memory log.
+
+        Durable entries join the run-long registry. Entries not yet persisted are compared with it and with
+        the other live logs of this instant, but not registered: if their node crashes first they never
+        existed (a lone voter that loses its unpersisted term may lead that term again, with other entries).
+        """
         c = self.committed
+        reg = self.registry
+        now: dict[tuple[int, int], tuple[bytes, int, int, int]] = {}
         for n in self.nodes.values():
             if not n.alive:
                 continue
             log = n.raw.raft.log
-            self._check_entries(n, log.entries, log.snapshot.term)
+            prev_term = log.snapshot.term
+            for e in log.entries:
+                key = (e.index, e.term)
+                v = (e.data, int(e.type), prev_term)
+                old = reg.get(key) if e.index > log.stable else reg.setdefault(key, v)
+                if old is None:
+                    seen = now.setdefault(key, (*v, n.id))
+                    old, other = seen[:3], seen[3]
+                else:
+                    other = 0
+                if old != v:
+                    raise self.fail(
+                        f"log matching: node {n.id} holds {e.index}@term{e.term} (data {e.data[:40]!r}, previous "
+                        f"term {prev_term}), but {f'node {other}' if other else 'a durable log'} holds "
+                        f"{e.index}@term{e.term} with data {old[0][:40]!r}, previous term {old[2]}"
+                    )
+                prev_term = e.term
             base = log.snapshot.index
             if base and base <= c.max and c.terms[base] != log.snapshot.term:
                 raise self.fail(f"node {n.id} snapshot {base}@{log.snapshot.term} disagrees with the committed log")
@@ -961,6 +1013,27 @@ class Simulator:
                     )
             if n.sm.applied != log.applied and n.ready is None:
                 raise self.fail(f"harness: node {n.id} state machine at {n.sm.applied}, core applied {log.applied}")
+        self.check_durability()
+
+    def check_durability(self) -> None:
+        """A leader's ``match`` for a peer of its term never exceeds what that peer holds on disk.
+
+        A peer acknowledges entries only once they are durable, and in one term only that term's leader can
+        make it truncate, so a lower disk means a peer acknowledged what it had not persisted.
+        """
+        for lead in self.nodes.values():
+            if not lead.alive or lead.raw.role != LEADER:
+                continue
+            r = lead.raw.raft
+            for pid, pr in r.prs.items():
+                peer = self.nodes.get(pid)
+                if pid == lead.id or peer is None or not peer.alive or peer.raw.raft.term != r.term:
+                    continue
+                if pr.match > peer.storage.last_index():
+                    raise self.fail(
+                        f"durability: leader {lead.id} of term {r.term} counts {pid} as holding up to {pr.match}, "
+                        f"but its disk holds only up to {peer.storage.last_index()}"
+                    )
 
     # -- client operations -------------------------------------------------------------------------------------
 
@@ -1011,23 +1084,26 @@ class Simulator:
         self._observe(n)
         return ctx
 
-    def conf_change(self, nid: int, cc: ConfChange) -> bool:
+    def conf_change(self, nid: int, cc: ConfChange) -> tuple[int, int] | None:
+        """Propose a membership change at ``nid``; returns (index, term) or None if refused.
+
+        Adding a node id not seen before starts a new, empty node, as an operator would.
+        """
         n = self.nodes[nid]
         if not n.alive:
-            return False
-        if cc.type == ConfChangeType.ADD_LEARNER and cc.node_id not in self.nodes:
-            if len(self.nodes) >= NODES_CREATED_MAX:
-                return False
+            return None
+        if cc.node_id not in self.nodes and len(self.nodes) >= NODES_CREATED_MAX:
+            return None
         try:
-            n.raw.propose_conf_change(cc)
+            got = n.raw.propose_conf_change(cc)
         except RaftError:
-            return False
+            return None
         self.event(f"node {nid} proposes {cc.type.name} {cc.node_id}")
         self._dirty[nid] = None
         if cc.node_id not in self.nodes:
             self._add_node(cc.node_id, Storage())
             self.next_id = max(self.next_id, cc.node_id + 1)
-        return True
+        return got
 
     def transfer(self, nid: int, target: int) -> None:
         n = self.nodes[nid]
@@ -1066,9 +1142,9 @@ class Simulator:
         rng = self.rng
         r = rng.random
         now = self.now
-        for n in self.nodes.values():
-            if not n.alive and not n.retired and n.restart_at <= now:
-                self.restart(n.id)
+        for node in self.nodes.values():
+            if not node.alive and not node.retired and node.restart_at <= now:
+                self.restart(node.id)
         if p.crash and r() < p.crash:
             alive = [n for n in self.nodes.values() if n.alive]
             if len(alive) > 1:
@@ -1136,12 +1212,16 @@ class Simulator:
             self.conf_change(lead.id, rng.choice(options))
 
     def _retire_removed(self) -> None:
-        """Stop a removed node once every voter of the configuration has applied its removal."""
+        """Stop a removed node once every voter of the configuration holds its removal as committed, durably.
+
+        (Applied is not enough: a commit index written without an fsync is lost in a crash, and a voter that
+        forgets the removal committed may still need the removed node's vote.)
+        """
         for nid, index in self.removed_at.items():
             n = self.nodes.get(nid)
             if n is None or n.retired or nid in self.conf_voters or nid in self.conf_learners:
                 continue
-            if all(self.nodes[v].alive and self.nodes[v].sm.applied >= index for v in self.conf_voters):
+            if all(_durable_commit(self.nodes[v].storage) >= index for v in self.conf_voters):
                 self.event(f"retire removed node {nid}")
                 self.crash(nid)
                 n.retired = True
@@ -1203,7 +1283,7 @@ class Simulator:
                 self.restart(n.id)
         self.event("settle: all faults healed, all nodes up")
         final: tuple[int, int, int] | None = None
-        proposed_at = 0
+        proposed_by = (0, 0)
         progress = (-1, -1)
         progress_at = self.now
         start = self.now
@@ -1222,12 +1302,12 @@ class Simulator:
                     self.event(f"settle: final write at {index} applied on members {sorted(members)}")
                     return
                 continue
-            if final is None or self.now - proposed_at >= 3 * p.election_ticks:
-                lead = self.leader()
-                if lead is not None:
-                    got = self.propose(lead.id, b"final:k-final=v%d" % self.now)
-                    if got is not None:
-                        final, proposed_at = got, self.now
+            lead = self.leader()
+            if lead is not None and (lead.id, lead.raw.raft.term) != proposed_by:
+                # (Proposed again only when leadership moved: the old proposal may be lost, a new one not.)
+                got = self.propose(lead.id, b"final:k-final=v%d" % self.now)
+                if got is not None:
+                    final, proposed_by = got, (lead.id, lead.raw.raft.term)
         what = "no write was acknowledged" if final is None or final[2] not in self.acked else "not every member"
         raise self.fail(
             f"liveness: {self.now - start} ticks after healing ({self.now - progress_at} without progress), "
@@ -1273,6 +1353,10 @@ class Simulator:
             f"{len(self.acked)} writes acknowledged, {self.reads_served} reads served, "
             f"{len(self.leaders)} terms with a leader, {len(self.nodes)} nodes created"
         )
+
+
+def _durable_commit(st: Storage) -> int:
+    return max(st.hard_state.commit, st.snap_meta.index)
 
 
 def _replay(c: _Committed, upto: int) -> dict[bytes, bytes]:
