@@ -55,6 +55,8 @@ class CountingMachine:
 
 
 async def node_main(args: argparse.Namespace) -> None:
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     from aiohttp import web
 
     from kvdisco.raft.node import Node, NodeConfig
@@ -154,7 +156,7 @@ async def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         for n in names:
             cmd = [sys.executable, __file__, "--node", n, "--cluster", cluster, "--data-dir", str(workdir / n)]
-            cmd += ["--control-port", str(control[n])]
+            cmd += ["--control-port", str(control[n]), "--switch-interval", str(args.switch_interval)]
             with open(workdir / f"{n}.log", "w") as log:
                 procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log))
         leader = None
@@ -195,6 +197,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--dir", default=None, help="where the nodes' data dirs go (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep data dirs and logs")
+    ap.add_argument("--switch-interval", type=float, default=0.0, help="sys.setswitchinterval in nodes (0: default)")
     ap.add_argument("--json", action="store_true", help="print results as JSON")
     # node-process mode (internal)
     ap.add_argument("--node", dest="name", default=None, help=argparse.SUPPRESS)
