@@ -53,6 +53,9 @@ __all__ = ["MemberInfo", "Node", "NodeConfig", "StateMachine", "member_id"]
 
 log = logging.getLogger("kvdisco.raft.node")
 
+#: Version of the snapshot wrapper written by Node._encode_snapshot.
+_SNAPSHOT_FORMAT = 1
+
 #: A read waits at most this long for its ReadIndex round before failing (the leader may have changed).
 READ_TIMEOUT_S = 5.0
 
@@ -200,9 +203,8 @@ class Node:
         self._members[self.id] = MemberInfo(self.id, cfg.name, cfg.peer_url, cfg.client_urls)
         snap_data = storage.load_snapshot_data()
         if snap_data is not None:
-            self.sm.restore(snap_data)
+            self._restore_snapshot(snap_data)
             self._snapshot_cache = (storage.snapshot.index, snap_data)
-        # Members known from the snapshot's membership (their addresses come back as conf entries replay).
         raft_cfg = Config(
             self.id,
             election_ticks=cfg.election_ticks,
@@ -545,7 +547,7 @@ class Node:
                 self._apply(committed[:early], conf_done)
         self._send_all(rd.messages)
         if rd.snapshot is not None and rd.snapshot_data is not None:
-            self.sm.restore(rd.snapshot_data)
+            self._restore_snapshot(rd.snapshot_data)
             self._snapshot_cache = (rd.snapshot.index, rd.snapshot_data)
             self.metrics["snapshots_received"] += 1
             self._fail_waiters_below(rd.snapshot.index + 1)
@@ -640,7 +642,7 @@ class Node:
         if term is None:
             return
         meta = SnapshotMeta(log_.applied, term, rn.conf_state())
-        data = self.sm.snapshot()
+        data = self._encode_snapshot()
         storage = self._storage
         assert storage is not None
         await asyncio.get_running_loop().run_in_executor(self._io, storage.save_snapshot, meta, data)
@@ -648,6 +650,30 @@ class Node:
         self._snapshot_cache = (meta.index, data)
         self.metrics["snapshots_taken"] += 1
         log.info("snapshot at index %d (%d bytes); log compacted", meta.index, len(data))
+
+    def _encode_snapshot(self) -> bytes:
+        """The state machine's snapshot, wrapped with what we know of the members.
+
+        Their addresses live in conf change entries, which compaction deletes; without this a
+        restarted node could no longer reach a member added after the bootstrap.
+        """
+        cs = self.rawnode.conf_state()
+        members = {nid: self._members[nid].encode() for nid in cs.voters | cs.learners if nid in self._members}
+        return msgpack.packb([_SNAPSHOT_FORMAT, members, self.sm.snapshot()], use_bin_type=True)
+
+    def _restore_snapshot(self, data: bytes) -> None:
+        try:
+            fmt, members, sm_data = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if fmt != _SNAPSHOT_FORMAT or not isinstance(members, dict) or not isinstance(sm_data, bytes):
+                raise ValueError(f"unknown snapshot format {fmt!r}")
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            # The bytes passed their checksum, so this is a bug or a format from the future: stop.
+            raise InvariantViolation(f"snapshot does not decode: {exc}") from exc
+        for nid, info in members.items():
+            self._learn_member(MemberInfo.decode(nid, info))
+            if self._transport is not None and nid != self.id and self._members[nid].peer_url:
+                self._transport.set_peer(nid, *self._members[nid].peer_host_port())
+        self.sm.restore(sm_data)
 
     def _send_all(self, msgs: list[Message]) -> None:
         transport = self._transport

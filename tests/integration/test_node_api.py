@@ -159,6 +159,19 @@ async def test_membership_learner_promote_remove_and_snapshot_catch_up(tmp_path:
         await lead.propose(b"with four voters")
         await c.converge()
 
+        # Compact d's membership entries away, then restart a member: it must still know where d is.
+        added_at = lead.applied_index
+        for i in range(120):
+            await lead.propose(f"f{i}".encode())
+        await c.converge()
+        other = next(name for name, n in c.nodes.items() if n is not lead and name != "d")
+        await c.stop(other)
+        restarted = await c.start(other)
+        assert restarted.rawnode.raft.log.snapshot.index > added_at, "d's entries should be compacted"
+        d_info = restarted.member(info.id)
+        assert d_info is not None and d_info.peer_url == c.peers["d"]
+        await c.converge()
+
         victim = next(name for name, n in c.nodes.items() if n is not lead and name != "d")
         cs = await lead.remove_member(c.nodes[victim].id)
         assert c.nodes[victim].id not in cs.voters
