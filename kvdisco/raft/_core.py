@@ -139,6 +139,8 @@ class Raft:
         self.lead_transferee = NONE
         #: Index of the latest conf change proposed; no new one until it is applied (one change at a time).
         self.pending_conf_index = 0
+        #: Leader only: we proposed our own removal or demotion, so we take no more proposals.
+        self.leaving = False
         self.uncommitted_bytes = 0
         self._reads: dict[bytes, _PendingRead] = {}
         self._read_queue: list[bytes] = []
@@ -301,6 +303,7 @@ class Raft:
                 fresh.match = self.log.stable
             self.prs[nid] = fresh
         self.pending_conf_index = 0
+        self.leaving = False
         self.uncommitted_bytes = 0
         self._reads.clear()
         self._read_queue.clear()
@@ -674,6 +677,10 @@ class Raft:
             raise NotLeader(self.lead)
         if self.lead_transferee != NONE:
             raise ProposalDropped("leadership transfer in progress")
+        if self.leaving:
+            # Once our removal applies we cannot lead; a tail only we hold could then keep the voters left
+            # from electing anyone (2 -> 1 voters: the last one would need our vote and our log is longer).
+            raise ProposalDropped("this leader is leaving the cluster; retry with the next leader")
         if len(data) > self.cfg.proposal_bytes_max:
             raise MessageTooLarge(f"proposal of {len(data)} bytes exceeds {self.cfg.proposal_bytes_max}")
         if self.uncommitted_bytes and self.uncommitted_bytes + len(data) > self.cfg.uncommitted_bytes_max:
@@ -704,6 +711,8 @@ class Raft:
             raise ConfChangeError(f"node {cc.node_id} is not a member")
         index, term = self.propose(data, EntryType.CONF_CHANGE)
         self.pending_conf_index = index
+        if cc.node_id == self.id and cc.type != ConfChangeType.ADD_VOTER:
+            self.leaving = True
         return index, term
 
     def applied_conf_entries(self, ents: list[Entry]) -> None:
