@@ -454,9 +454,15 @@ class Node:
         self._send_all(self._rn.take_early_messages())
 
     def _on_peer_message(self, msg: Message) -> None:
-        if self._rn is None or self._closing:
+        if self._rn is None or self._closing or self.failure is not None:
             return
-        if not self._rn.step(msg):
+        try:
+            stepped = self._rn.step(msg)
+        except InvariantViolation as exc:
+            # Our log or the sender's is corrupt (Raft assumes peers that follow the protocol). Refuse to go on.
+            self._die(exc)
+            raise
+        if not stepped:
             log.warning("dropped a %s from %x that no peer may send", msg.type.name, msg.frm)
             return
         self._poke()
@@ -492,7 +498,11 @@ class Node:
         interval = self.config.tick_interval_s
         while True:
             await asyncio.sleep(interval)
-            self.rawnode.tick()
+            try:
+                self.rawnode.tick()
+            except InvariantViolation as exc:
+                self._die(exc)
+                raise
             self._wake.set()
 
     # -- the loop ----------------------------------------------------------------------------------------------------
@@ -509,12 +519,20 @@ class Node:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            # A storage failure or a broken invariant: going on could lose acknowledged data. Stop loudly.
-            self.failure = exc
-            log.critical("raft node %s stopped: %s", self.config.name, exc, exc_info=exc)
-            self._fail_all(ProposalDropped(f"node failed: {exc}"))
-            self._stopped.set()
+            self._die(exc)
             raise
+
+    def _die(self, exc: BaseException) -> None:
+        """A storage failure or a broken invariant: going on could lose acknowledged data. Stop loudly."""
+        if self.failure is not None:
+            return
+        self.failure = exc
+        log.critical("raft node %s stopped: %s", self.config.name, exc, exc_info=exc)
+        self._fail_all(ProposalDropped(f"node failed: {exc}"))
+        for t in self._tasks:
+            if t is not asyncio.current_task():
+                t.cancel()
+        self._stopped.set()
 
     async def _handle_ready(self, rd: Ready) -> None:
         rn = self.rawnode

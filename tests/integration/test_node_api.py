@@ -206,3 +206,52 @@ async def test_restart_recovers_state_from_disk(cluster: Cluster) -> None:
     await lead.propose(b"after restart")
     await cluster.converge()
     assert cluster.machines[lead.config.name].items[:30] == [f"k{i}".encode() for i in range(30)]
+
+
+async def test_peer_rewriting_committed_entries_changes_nothing(tmp_path: Path) -> None:
+    """A peer that claims a newer term and sends entries that would overwrite our committed log is ignored
+    where it matters: committed entries stay as they are, and the node goes on serving."""
+    import struct
+
+    import msgpack
+
+    from kvdisco.raft import Entry, Message, MessageType
+    from kvdisco.raft._codec import encode_message
+
+    c = Cluster(tmp_path, ["solo"])
+    node = await c.start("solo")
+    try:
+        await c.leader()
+        await node.propose(b"committed")
+        log = node.rawnode.raft.log
+        before = [(e.index, e.term, e.data) for e in log.entries]
+        committed = log.committed
+        host, port = c.peers["solo"].removeprefix("http://").split(":")
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        hello = msgpack.packb(["kvdisco-raft", 1, node.config.cluster_id, 99, node.id, b""])
+        frames = [struct.pack(">IB", len(hello), 1) + hello]
+        for index in range(0, committed):  # entries at every position up to our commit index
+            bogus = Message(
+                MessageType.APP,
+                to=node.id,
+                frm=99,
+                term=node.term + 1,
+                index=index,
+                log_term=log.term(index) or 0,
+                entries=[Entry(node.term + 1, index + 1, b"rewrite")],
+                commit=index + 1,
+            )
+            payload = encode_message(bogus)
+            frames.append(struct.pack(">IB", len(payload), 2) + payload)
+        writer.write(b"".join(frames))
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.close()
+        assert node.failure is None
+        after = [(e.index, e.term, e.data) for e in node.rawnode.raft.log.entries if e.index <= committed]
+        assert after == [b for b in before if b[0] <= committed]
+        lead = await c.leader()
+        assert await lead.propose(b"still serving") == 2
+    finally:
+        for name in list(c.nodes):
+            await c.stop(name)
