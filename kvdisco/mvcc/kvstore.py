@@ -1,0 +1,688 @@
+"""The revisioned key-value store: etcd v3's data model, pure and deterministic.
+
+No I/O, clock or randomness: the same calls in the same order give the same results and the
+same snapshot bytes on every replica.
+
+Model (etcd v3):
+
+* The store revision starts at 1. Each write transaction (a put, a delete that deletes
+  something, a txn with at least one write) raises it by exactly 1; the writes inside it share
+  that revision with sub-revisions 0, 1, 2...
+* Each key keeps a history of ``(revision, sub, KeyValue | None)``; ``None`` is a tombstone.
+  A read at revision R sees, per key, the newest entry at or before R.
+* ``compact(rev)`` drops history older than ``rev`` but keeps, per key, the newest entry at or
+  before ``rev`` unless it is a tombstone; reads below ``rev`` then raise :class:`CompactedError`.
+* Requests are validated completely before anything is written, so a bad request changes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import msgpack
+
+from kvdisco.mvcc.errors import (
+    CompactedError,
+    DuplicateKeyError,
+    EmptyKeyError,
+    FutureRevisionError,
+    InvalidArgumentError,
+    KeyNotFoundError,
+    LeaseProvidedError,
+    RequestTooLargeError,
+    SnapshotError,
+    TooManyOpsError,
+    ValueProvidedError,
+)
+from kvdisco.mvcc.limits import KEY_BYTES_MAX, TXN_OPS_MAX, VALUE_BYTES_MAX
+
+__all__ = [
+    "Compare",
+    "CompareResult",
+    "CompareTarget",
+    "CompactResult",
+    "DeleteResult",
+    "Event",
+    "EventType",
+    "KVStore",
+    "KeyValue",
+    "PutResult",
+    "RangeResult",
+    "RequestDeleteRange",
+    "RequestOp",
+    "RequestPut",
+    "RequestRange",
+    "RequestTxn",
+    "SortOrder",
+    "SortTarget",
+    "TxnResult",
+]
+
+#: Format tag of :meth:`KVStore.snapshot`; bump it when the layout changes.
+SNAPSHOT_FORMAT = 1
+
+
+class SortOrder(enum.IntEnum):
+    NONE = 0
+    ASCEND = 1
+    DESCEND = 2
+
+
+class SortTarget(enum.IntEnum):
+    KEY = 0
+    VERSION = 1
+    CREATE = 2
+    MOD = 3
+    VALUE = 4
+
+
+class CompareTarget(enum.IntEnum):
+    VERSION = 0
+    CREATE = 1
+    MOD = 2
+    VALUE = 3
+    LEASE = 4
+
+
+class CompareResult(enum.IntEnum):
+    EQUAL = 0
+    GREATER = 1
+    LESS = 2
+    NOT_EQUAL = 3
+
+
+class EventType(enum.IntEnum):
+    PUT = 0
+    DELETE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    create_revision: int = 0
+    mod_revision: int = 0
+    version: int = 0
+    value: bytes = b""
+    #: Lease id, 0 for none.
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change for the watch hub. A DELETE's ``kv`` holds only the key and its revision."""
+
+    type: EventType
+    kv: KeyValue
+    prev_kv: KeyValue | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRange:
+    key: bytes
+    range_end: bytes = b""
+    limit: int = 0
+    revision: int = 0
+    sort_order: SortOrder = SortOrder.NONE
+    sort_target: SortTarget = SortTarget.KEY
+    keys_only: bool = False
+    count_only: bool = False
+    min_mod_revision: int = 0
+    max_mod_revision: int = 0
+    min_create_revision: int = 0
+    max_create_revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPut:
+    key: bytes
+    value: bytes = b""
+    lease: int = 0
+    prev_kv: bool = False
+    ignore_value: bool = False
+    ignore_lease: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDeleteRange:
+    key: bytes
+    range_end: bytes = b""
+    prev_kv: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """Holds when ``target`` of every key in the range compares to ``operand`` as ``result`` says.
+
+    ``operand`` is bytes for VALUE and an int for the other targets.
+    """
+
+    key: bytes
+    target: CompareTarget
+    result: CompareResult
+    operand: int | bytes
+    range_end: bytes = b""
+
+    def __post_init__(self) -> None:
+        if (
+            self.target not in CompareTarget.__members__.values()
+            or self.result not in CompareResult.__members__.values()
+        ):
+            raise InvalidArgumentError("etcdserver: invalid compare target or result")
+        wants_bytes = self.target == CompareTarget.VALUE
+        if wants_bytes != isinstance(self.operand, bytes) or isinstance(self.operand, bool):
+            raise InvalidArgumentError("etcdserver: compare operand does not match its target")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTxn:
+    compares: tuple[Compare, ...] = ()
+    success: tuple[RequestOp, ...] = ()
+    failure: tuple[RequestOp, ...] = ()
+
+
+RequestOp = RequestRange | RequestPut | RequestDeleteRange | RequestTxn
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    kvs: tuple[KeyValue, ...]
+    #: Keys in the range at the read revision, before limit and the min/max filters (as etcd).
+    count: int
+    more: bool
+    #: The store revision the read was served at (etcd's header revision).
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    revision: int
+    prev_kv: KeyValue | None = None
+    #: Changes for the watch hub; only on a top-level call, empty inside a txn.
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResult:
+    revision: int
+    deleted: int
+    prev_kvs: tuple[KeyValue, ...] = ()
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    revision: int
+    succeeded: bool
+    responses: tuple[RangeResult | PutResult | DeleteResult | TxnResult, ...]
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CompactResult:
+    revision: int
+
+
+OpResult = RangeResult | PutResult | DeleteResult | TxnResult
+
+#: One history entry: (main revision, sub revision, value or None for a tombstone).
+_Entry = tuple[int, int, KeyValue | None]
+
+_ZERO_KV = KeyValue(b"")
+_SORT_ORDERS = frozenset(SortOrder)
+_SORT_TARGETS = frozenset(SortTarget)
+
+_T = TypeVar("_T")
+
+
+def _main_of(entry: _Entry) -> int:
+    return entry[0]
+
+
+def _pack_entry(entry: _Entry) -> list[Any]:
+    m, s, kv = entry
+    return [m, s, None if kv is None else [kv.create_revision, kv.version, kv.value, kv.lease]]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The write transaction being applied: every write gets ``rev`` and the next ``sub``."""
+
+    rev: int
+    sub: int = 0
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def read_rev(self) -> int:
+        """Reads inside the batch see its earlier writes (etcd's txn read view)."""
+        return self.rev if self.sub else self.rev - 1
+
+
+# --- request validation that needs no state -----------------------------------------------
+
+
+def _check_key(key: bytes) -> None:
+    if not key:
+        raise EmptyKeyError()
+    if len(key) > KEY_BYTES_MAX:
+        raise RequestTooLargeError()
+
+
+def _check_put(req: RequestPut) -> None:
+    _check_key(req.key)
+    if len(req.value) > VALUE_BYTES_MAX:
+        raise RequestTooLargeError()
+    if req.ignore_value and req.value:
+        raise ValueProvidedError()
+    if req.ignore_lease and req.lease:
+        raise LeaseProvidedError()
+
+
+def _check_range(req: RequestRange) -> None:
+    _check_key(req.key)
+    if req.sort_order not in _SORT_ORDERS or req.sort_target not in _SORT_TARGETS:
+        raise InvalidArgumentError("etcdserver: invalid sort option")
+
+
+def _check_txn_shape(txn: RequestTxn, ops_max: int) -> None:
+    """etcd's checkTxnRequest: each list at most ``ops_max``; a nested txn gets the rest."""
+    longest = max(len(txn.compares), len(txn.success), len(txn.failure))
+    if longest > ops_max:
+        raise TooManyOpsError()
+    for c in txn.compares:
+        _check_key(c.key)
+    for op in (*txn.success, *txn.failure):
+        if isinstance(op, RequestTxn):
+            _check_txn_shape(op, ops_max - longest)
+        elif isinstance(op, RequestPut):
+            _check_put(op)
+        elif isinstance(op, RequestRange):
+            _check_range(op)
+        else:
+            _check_key(op.key)
+
+
+def _covers(lo: bytes, hi: bytes, key: bytes) -> bool:
+    """Whether the delete interval ``[lo, hi)`` (``hi`` empty: the point ``lo``) holds ``key``."""
+    if not hi:
+        return key == lo
+    return lo <= key and (hi == b"\0" or key < hi)
+
+
+def _check_intervals(ops: Sequence[RequestOp]) -> tuple[set[bytes], list[tuple[bytes, bytes]]]:
+    """etcd's checkIntervals: a put key may not be put again or fall in a delete of the same txn.
+
+    Then/else branches of a nested txn exclude each other, so the same key put in both is fine.
+    """
+    dels = [(op.key, op.range_end) for op in ops if isinstance(op, RequestDeleteRange)]
+    puts: set[bytes] = set()
+    for op in ops:
+        if not isinstance(op, RequestTxn):
+            continue
+        puts_then, dels_then = _check_intervals(op.success)
+        puts_else, dels_else = _check_intervals(op.failure)
+        for k in puts_then:
+            if k in puts or any(_covers(lo, hi, k) for lo, hi in dels):
+                raise DuplicateKeyError()
+            puts.add(k)
+        for k in puts_else:
+            if (k in puts and k not in puts_then) or any(_covers(lo, hi, k) for lo, hi in dels):
+                raise DuplicateKeyError()
+            puts.add(k)
+        dels.extend(dels_then)
+        dels.extend(dels_else)
+    for op in ops:
+        if not isinstance(op, RequestPut):
+            continue
+        if op.key in puts or any(_covers(lo, hi, op.key) for lo, hi in dels):
+            raise DuplicateKeyError()
+        puts.add(op.key)
+    return puts, dels
+
+
+def _compare_kv(c: Compare, kv: KeyValue) -> bool:
+    actual: int | bytes
+    if c.target == CompareTarget.VERSION:
+        actual = kv.version
+    elif c.target == CompareTarget.CREATE:
+        actual = kv.create_revision
+    elif c.target == CompareTarget.MOD:
+        actual = kv.mod_revision
+    elif c.target == CompareTarget.LEASE:
+        actual = kv.lease
+    else:
+        actual = kv.value
+    operand: Any = c.operand
+    if c.result == CompareResult.EQUAL:
+        return bool(actual == operand)
+    if c.result == CompareResult.NOT_EQUAL:
+        return bool(actual != operand)
+    if c.result == CompareResult.GREATER:
+        return bool(actual > operand)
+    return bool(actual < operand)
+
+
+_SORT_KEYS: dict[SortTarget, Any] = {
+    SortTarget.KEY: lambda kv: kv.key,
+    SortTarget.VERSION: lambda kv: kv.version,
+    SortTarget.CREATE: lambda kv: kv.create_revision,
+    SortTarget.MOD: lambda kv: kv.mod_revision,
+    SortTarget.VALUE: lambda kv: kv.value,
+}
+
+
+class KVStore:
+    """The revisioned store. Not thread-safe; one writer (the Raft apply loop)."""
+
+    def __init__(self) -> None:
+        # Invariant: _compact_rev <= _rev, and every history entry's main revision <= _rev.
+        self._rev = 1
+        self._compact_rev = 0
+        # Invariant: _keys is sorted and holds exactly the keys of _history; each history
+        # list is non-empty and strictly increasing in (main, sub).
+        self._keys: list[bytes] = []
+        self._history: dict[bytes, list[_Entry]] = {}
+
+    @property
+    def revision(self) -> int:
+        return self._rev
+
+    @property
+    def compact_revision(self) -> int:
+        return self._compact_rev
+
+    # --- public operations ------------------------------------------------------------
+
+    def range(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        limit: int = 0,
+        revision: int = 0,
+        sort_order: SortOrder = SortOrder.NONE,
+        sort_target: SortTarget = SortTarget.KEY,
+        keys_only: bool = False,
+        count_only: bool = False,
+        min_mod_revision: int = 0,
+        max_mod_revision: int = 0,
+        min_create_revision: int = 0,
+        max_create_revision: int = 0,
+    ) -> RangeResult:
+        req = RequestRange(
+            key,
+            range_end,
+            limit,
+            revision,
+            sort_order,
+            sort_target,
+            keys_only,
+            count_only,
+            min_mod_revision,
+            max_mod_revision,
+            min_create_revision,
+            max_create_revision,
+        )
+        _check_range(req)
+        self._check_read_rev(req.revision)
+        return self._do_range(req, self._rev)
+
+    def put(
+        self,
+        key: bytes,
+        value: bytes = b"",
+        *,
+        lease: int = 0,
+        prev_kv: bool = False,
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> PutResult:
+        req = RequestPut(key, value, lease, prev_kv, ignore_value, ignore_lease)
+        _check_put(req)
+        self._check_put_state(req)
+        batch = _Batch(self._rev + 1)
+        res = self._do_put(req, batch)
+        self._commit(batch)
+        return replace(res, events=tuple(batch.events))
+
+    def delete_range(self, key: bytes, range_end: bytes = b"", *, prev_kv: bool = False) -> DeleteResult:
+        req = RequestDeleteRange(key, range_end, prev_kv)
+        _check_key(req.key)
+        batch = _Batch(self._rev + 1)
+        res = self._do_delete(req, batch)
+        self._commit(batch)
+        return replace(res, events=tuple(batch.events))
+
+    def txn(
+        self,
+        compares: Sequence[Compare] = (),
+        success_ops: Sequence[RequestOp] = (),
+        failure_ops: Sequence[RequestOp] = (),
+    ) -> TxnResult:
+        req = RequestTxn(tuple(compares), tuple(success_ops), tuple(failure_ops))
+        _check_txn_shape(req, TXN_OPS_MAX)
+        _check_intervals(req.success)
+        _check_intervals(req.failure)
+        path: list[bool] = []
+        self._compare_path(req, path)
+        self._check_path(req, iter(path))
+        batch = _Batch(self._rev + 1)
+        res = self._do_txn(req, iter(path), batch)
+        self._commit(batch)
+        return replace(res, events=tuple(batch.events))
+
+    def compact(self, revision: int) -> CompactResult:
+        """Forget history older than ``revision``; reads below it fail from now on."""
+        if revision <= self._compact_rev:
+            raise CompactedError(self._compact_rev)
+        if revision > self._rev:
+            raise FutureRevisionError()
+        for key in self._keys:
+            hist = self._history[key]
+            i = bisect_right(hist, revision, key=_main_of)
+            kept = hist[i:]
+            if i and hist[i - 1][2] is not None:
+                kept.insert(0, hist[i - 1])
+            if kept:
+                self._history[key] = kept
+            else:
+                del self._history[key]
+        self._keys = [k for k in self._keys if k in self._history]
+        self._compact_rev = revision
+        return CompactResult(self._rev)
+
+    # --- snapshot ---------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        history = [[key, [_pack_entry(e) for e in self._history[key]]] for key in self._keys]
+        state = {"format": SNAPSHOT_FORMAT, "rev": self._rev, "compact_rev": self._compact_rev, "history": history}
+        data: bytes = msgpack.packb(state, use_bin_type=True)
+        return data
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot's. A bad snapshot raises and changes nothing."""
+        try:
+            rev, compact_rev, keys, histories = _decode_snapshot(data)
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            raise SnapshotError(f"mvcc: corrupt snapshot: {exc!r}") from exc
+        _check_state(rev, compact_rev, keys, histories)
+        self._rev, self._compact_rev, self._keys, self._history = rev, compact_rev, keys, histories
+
+    # --- internals --------------------------------------------------------------------
+
+    def _commit(self, batch: _Batch) -> None:
+        if batch.sub:
+            self._rev = batch.rev
+
+    def _check_read_rev(self, revision: int) -> None:
+        if revision > self._rev:
+            raise FutureRevisionError()
+        if 0 < revision < self._compact_rev:
+            raise CompactedError(self._compact_rev)
+
+    def _check_put_state(self, req: RequestPut) -> None:
+        if (req.ignore_value or req.ignore_lease) and self._get(req.key, self._rev) is None:
+            raise KeyNotFoundError()
+
+    def _get(self, key: bytes, rev: int) -> KeyValue | None:
+        hist = self._history.get(key)
+        if hist is None:
+            return None
+        i = bisect_right(hist, rev, key=_main_of)
+        return hist[i - 1][2] if i else None
+
+    def _keys_in(self, key: bytes, range_end: bytes) -> list[bytes]:
+        if not range_end:
+            return [key] if key in self._history else []
+        lo = bisect_left(self._keys, key)
+        hi = len(self._keys) if range_end == b"\0" else bisect_left(self._keys, range_end)
+        return self._keys[lo:hi]
+
+    def _live(self, key: bytes, range_end: bytes, rev: int) -> list[KeyValue]:
+        return [kv for k in self._keys_in(key, range_end) if (kv := self._get(k, rev)) is not None]
+
+    def _append(self, key: bytes, batch: _Batch, kv: KeyValue | None) -> None:
+        hist = self._history.get(key)
+        if hist is None:
+            hist = self._history[key] = []
+            insort(self._keys, key)
+        if hist and hist[-1][:2] >= (batch.rev, batch.sub):
+            raise AssertionError(f"history of {key!r} would go backwards: {hist[-1][:2]} >= {(batch.rev, batch.sub)}")
+        hist.append((batch.rev, batch.sub, kv))
+        batch.sub += 1
+
+    def _do_range(self, req: RequestRange, read_rev: int) -> RangeResult:
+        rev = req.revision if req.revision > 0 else read_rev
+        kvs = self._live(req.key, req.range_end, rev)
+        count = len(kvs)
+        if req.count_only:
+            return RangeResult((), count, False, read_rev)
+        if req.min_mod_revision:
+            kvs = [kv for kv in kvs if kv.mod_revision >= req.min_mod_revision]
+        if req.max_mod_revision:
+            kvs = [kv for kv in kvs if kv.mod_revision <= req.max_mod_revision]
+        if req.min_create_revision:
+            kvs = [kv for kv in kvs if kv.create_revision >= req.min_create_revision]
+        if req.max_create_revision:
+            kvs = [kv for kv in kvs if kv.create_revision <= req.max_create_revision]
+        order = req.sort_order
+        if order == SortOrder.NONE and req.sort_target != SortTarget.KEY:
+            order = SortOrder.ASCEND  # etcd: a target other than KEY sorts ascending by default
+        if order != SortOrder.NONE:
+            kvs.sort(key=_SORT_KEYS[req.sort_target], reverse=order == SortOrder.DESCEND)
+        more = 0 < req.limit < len(kvs)
+        if more:
+            kvs = kvs[: req.limit]
+        if req.keys_only:
+            kvs = [replace(kv, value=b"") for kv in kvs]
+        return RangeResult(tuple(kvs), count, more, read_rev)
+
+    def _do_put(self, req: RequestPut, batch: _Batch) -> PutResult:
+        prev = self._get(req.key, batch.read_rev)
+        value = prev.value if req.ignore_value and prev is not None else req.value
+        lease = prev.lease if req.ignore_lease and prev is not None else req.lease
+        if prev is None:
+            kv = KeyValue(req.key, batch.rev, batch.rev, 1, value, lease)
+        else:
+            kv = KeyValue(req.key, prev.create_revision, batch.rev, prev.version + 1, value, lease)
+        self._append(req.key, batch, kv)
+        batch.events.append(Event(EventType.PUT, kv, prev))
+        return PutResult(batch.rev, prev if req.prev_kv else None)
+
+    def _do_delete(self, req: RequestDeleteRange, batch: _Batch) -> DeleteResult:
+        deleted: list[KeyValue] = []
+        for key in self._keys_in(req.key, req.range_end):
+            prev = self._get(key, batch.read_rev)
+            if prev is None:
+                continue
+            self._append(key, batch, None)
+            batch.events.append(Event(EventType.DELETE, KeyValue(key, mod_revision=batch.rev), prev))
+            deleted.append(prev)
+        rev = batch.rev if batch.sub else batch.rev - 1
+        return DeleteResult(rev, len(deleted), tuple(deleted) if req.prev_kv else ())
+
+    def _compare_path(self, txn: RequestTxn, path: list[bool]) -> None:
+        """Decide every branch up front against the state before the txn (etcd's compareToPath)."""
+        ok = all(self._compare(c) for c in txn.compares)
+        path.append(ok)
+        for op in txn.success if ok else txn.failure:
+            if isinstance(op, RequestTxn):
+                self._compare_path(op, path)
+
+    def _compare(self, c: Compare) -> bool:
+        kvs = self._live(c.key, c.range_end, self._rev)
+        if not kvs:
+            # etcd: a VALUE compare on missing keys always fails; others see a zero KeyValue.
+            return c.target != CompareTarget.VALUE and _compare_kv(c, _ZERO_KV)
+        return all(_compare_kv(c, kv) for kv in kvs)
+
+    def _check_path(self, txn: RequestTxn, path: Iterator[bool]) -> None:
+        """Check the ops that will run against the state before the txn (etcd's checkRequests)."""
+        for op in txn.success if next(path) else txn.failure:
+            if isinstance(op, RequestTxn):
+                self._check_path(op, path)
+            elif isinstance(op, RequestPut):
+                self._check_put_state(op)
+            elif isinstance(op, RequestRange):
+                self._check_read_rev(op.revision)
+
+    def _do_txn(self, txn: RequestTxn, path: Iterator[bool], batch: _Batch) -> TxnResult:
+        ok = next(path)
+        responses: list[OpResult] = []
+        for op in txn.success if ok else txn.failure:
+            if isinstance(op, RequestRange):
+                responses.append(self._do_range(op, batch.read_rev))
+            elif isinstance(op, RequestPut):
+                responses.append(self._do_put(op, batch))
+            elif isinstance(op, RequestDeleteRange):
+                responses.append(self._do_delete(op, batch))
+            else:
+                responses.append(self._do_txn(op, path, batch))
+        return TxnResult(batch.read_rev, ok, tuple(responses))
+
+
+def _strict(value: Any, kind: type[_T]) -> _T:
+    if type(value) is not kind:
+        raise TypeError(f"expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _decode_snapshot(data: bytes) -> tuple[int, int, list[bytes], dict[bytes, list[_Entry]]]:
+    state = msgpack.unpackb(data, raw=False)
+    if state["format"] != SNAPSHOT_FORMAT:
+        raise ValueError(f"unknown snapshot format {state['format']!r}")
+    keys: list[bytes] = []
+    histories: dict[bytes, list[_Entry]] = {}
+    for raw_key, raw_hist in state["history"]:
+        key = _strict(raw_key, bytes)
+        hist: list[_Entry] = []
+        for raw_m, raw_s, raw_kv in raw_hist:
+            m = _strict(raw_m, int)
+            kv: KeyValue | None = None
+            if raw_kv is not None:
+                create, version, value, lease = raw_kv
+                kv = KeyValue(
+                    key, _strict(create, int), m, _strict(version, int), _strict(value, bytes), _strict(lease, int)
+                )
+            hist.append((m, _strict(raw_s, int), kv))
+        keys.append(key)
+        histories[key] = hist
+    return _strict(state["rev"], int), _strict(state["compact_rev"], int), keys, histories
+
+
+def _check_state(rev: int, compact_rev: int, keys: list[bytes], histories: dict[bytes, list[_Entry]]) -> None:
+    """The store's invariants, checked on a restored snapshot before it is used."""
+    if not 0 <= compact_rev <= rev or rev < 1:
+        raise SnapshotError(f"mvcc: corrupt snapshot: compact_rev={compact_rev} rev={rev}")
+    if any(a >= b for a, b in itertools.pairwise(keys)) or len(keys) != len(histories):
+        raise SnapshotError("mvcc: corrupt snapshot: keys not sorted or duplicated")
+    for key, hist in histories.items():
+        if not key or not hist:
+            raise SnapshotError(f"mvcc: corrupt snapshot: empty key or history at {key!r}")
+        positions = [(m, s) for m, s, _ in hist]
+        if any(a >= b for a, b in itertools.pairwise(positions)) or positions[-1][0] > rev:
+            raise SnapshotError(f"mvcc: corrupt snapshot: history of {key!r} out of order")
