@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kvdisco.mvcc.commands import Command, RequestCompact, decode_command, encode_command
 from kvdisco.mvcc.errors import (
     CompactedError,
     DuplicateKeyError,
@@ -37,6 +38,7 @@ from kvdisco.mvcc.kvstore import (
     SortTarget,
     TxnResult,
 )
+from kvdisco.mvcc.machine import ApplyError, KVMachine
 
 __all__ = [
     "CompactResult",
@@ -70,4 +72,10 @@ __all__ = [
     "TooManyOpsError",
     "TxnResult",
     "ValueProvidedError",
+    "ApplyError",
+    "Command",
+    "KVMachine",
+    "RequestCompact",
+    "decode_command",
+    "encode_command",
 ]
