@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from kvdisco.mvcc.commands import Command, RequestCompact, decode_command, encode_command
+from kvdisco.mvcc.commands import (
+    Command,
+    LeaseCheckpoint,
+    LeaseGrant,
+    LeaseRevoke,
+    RequestCompact,
+    decode_command,
+    encode_command,
+)
 from kvdisco.mvcc.errors import (
     CompactedError,
     DuplicateKeyError,
@@ -10,7 +18,10 @@ from kvdisco.mvcc.errors import (
     FutureRevisionError,
     InvalidArgumentError,
     KeyNotFoundError,
+    LeaseExistsError,
+    LeaseNotFoundError,
     LeaseProvidedError,
+    LeaseTTLTooLargeError,
     MvccError,
     RequestTooLargeError,
     SnapshotError,
@@ -27,6 +38,9 @@ from kvdisco.mvcc.kvstore import (
     EventType,
     KeyValue,
     KVStore,
+    LeaseCheckpointResult,
+    LeaseGrantResult,
+    LeaseRevokeResult,
     PutResult,
     RangeResult,
     RequestDeleteRange,
@@ -38,6 +52,7 @@ from kvdisco.mvcc.kvstore import (
     SortTarget,
     TxnResult,
 )
+from kvdisco.mvcc.lessor import Lessor, keepalive
 from kvdisco.mvcc.machine import ApplyError, KVMachine
 
 __all__ = [
@@ -56,7 +71,18 @@ __all__ = [
     "KVStore",
     "KeyNotFoundError",
     "KeyValue",
+    "LeaseCheckpoint",
+    "LeaseCheckpointResult",
+    "LeaseExistsError",
+    "LeaseGrant",
+    "LeaseGrantResult",
+    "LeaseNotFoundError",
     "LeaseProvidedError",
+    "LeaseRevoke",
+    "LeaseRevokeResult",
+    "LeaseTTLTooLargeError",
+    "Lessor",
+    "keepalive",
     "MvccError",
     "PutResult",
     "RangeResult",

@@ -11,6 +11,12 @@ their integer values, bytes are msgpack ``bin``. The layout per tag:
 * ``TXN``: compares, success ops, failure ops; a compare is
   ``[key, target, result, operand, range_end]``
 * ``COMPACT``: revision
+* ``LEASE_GRANT``: id (0: the machine chooses), ttl
+* ``LEASE_REVOKE``: id
+* ``LEASE_CHECKPOINT``: an array of ``[id, remaining_ttl]`` pairs
+
+The lease commands are top-level only, never inside a txn. They were added without bumping
+:data:`COMMAND_FORMAT`: they use new tags, so every older entry decodes as before.
 
 Decoding is strict: anything that is not exactly this shape, with integers in int64 and
 enum values known, raises :class:`ValueError` and nothing else. Whether a well-formed request
@@ -36,11 +42,15 @@ from kvdisco.mvcc.kvstore import (
     SortOrder,
     SortTarget,
 )
+from kvdisco.mvcc.lessor import LeaseCheckpoint, LeaseGrant, LeaseRevoke
 from kvdisco.mvcc.limits import TXN_OPS_MAX
 
 __all__ = [
     "COMMAND_FORMAT",
     "Command",
+    "LeaseCheckpoint",
+    "LeaseGrant",
+    "LeaseRevoke",
     "RequestCompact",
     "TXN_DEPTH_MAX",
     "decode_command",
@@ -59,6 +69,9 @@ _TAG_PUT = 1
 _TAG_DELETE = 2
 _TAG_TXN = 3
 _TAG_COMPACT = 4
+_TAG_LEASE_GRANT = 5
+_TAG_LEASE_REVOKE = 6
+_TAG_LEASE_CHECKPOINT = 7
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -83,7 +96,7 @@ class RequestCompact:
     revision: int
 
 
-Command = RequestPut | RequestDeleteRange | RequestTxn | RequestCompact
+Command = RequestPut | RequestDeleteRange | RequestTxn | RequestCompact | LeaseGrant | LeaseRevoke | LeaseCheckpoint
 
 
 # --- encoding ---------------------------------------------------------------------------
@@ -93,6 +106,19 @@ def encode_command(req: Command) -> bytes:
     """The log entry bytes of ``req``. A request that cannot be carried raises ValueError."""
     if isinstance(req, RequestCompact):
         fields: list[Any] = [_TAG_COMPACT, _int_out(req.revision)]
+    elif isinstance(req, LeaseGrant):
+        fields = [_TAG_LEASE_GRANT, _int_out(req.id), _int_out(req.ttl)]
+    elif isinstance(req, LeaseRevoke):
+        fields = [_TAG_LEASE_REVOKE, _int_out(req.id)]
+    elif isinstance(req, LeaseCheckpoint):
+        if not isinstance(req.checkpoints, tuple):
+            raise ValueError(f"checkpoints must be a tuple, got {type(req.checkpoints).__name__}")
+        pairs = []
+        for pair in req.checkpoints:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise ValueError(f"a checkpoint is an (id, remaining_ttl) tuple, got {pair!r}")
+            pairs.append([_int_out(pair[0]), _int_out(pair[1])])
+        fields = [_TAG_LEASE_CHECKPOINT, pairs]
     elif isinstance(req, RequestPut | RequestDeleteRange | RequestTxn):
         fields = _encode_op(req, 1)
     else:
@@ -196,10 +222,26 @@ def decode_command(data: bytes) -> Command:
         if len(top) != 3:
             raise ValueError("compact takes exactly one field")
         return RequestCompact(_int_in(top[2]))
+    if type(top[1]) is int and top[1] == _TAG_LEASE_GRANT:
+        lease_id, ttl = _fields(top[1:], 2, "lease grant")
+        return LeaseGrant(_int_in(lease_id), _int_in(ttl))
+    if type(top[1]) is int and top[1] == _TAG_LEASE_REVOKE:
+        (lease_id,) = _fields(top[1:], 1, "lease revoke")
+        return LeaseRevoke(_int_in(lease_id))
+    if type(top[1]) is int and top[1] == _TAG_LEASE_CHECKPOINT:
+        (raw_pairs,) = _fields(top[1:], 1, "lease checkpoint")
+        return LeaseCheckpoint(tuple(_decode_checkpoint(p) for p in _list_in(raw_pairs, "checkpoints")))
     op = _decode_op(top[1:], 1)
     if isinstance(op, RequestRange):
         raise ValueError("a range is not a write command; it may only appear inside a txn")
     return op
+
+
+def _decode_checkpoint(raw: object) -> tuple[int, int]:
+    pair = _list_in(raw, "checkpoint")
+    if len(pair) != 2:
+        raise ValueError(f"a checkpoint takes 2 fields, got {len(pair)}")
+    return _int_in(pair[0]), _int_in(pair[1])
 
 
 def _list_in(value: object, what: str) -> list[Any]:

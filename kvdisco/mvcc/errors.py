@@ -16,7 +16,10 @@ __all__ = [
     "FutureRevisionError",
     "InvalidArgumentError",
     "KeyNotFoundError",
+    "LeaseExistsError",
+    "LeaseNotFoundError",
     "LeaseProvidedError",
+    "LeaseTTLTooLargeError",
     "MvccError",
     "RequestTooLargeError",
     "SnapshotError",
@@ -26,6 +29,8 @@ __all__ = [
 
 #: gRPC status codes used here.
 CODE_INVALID_ARGUMENT = 3
+CODE_NOT_FOUND = 5
+CODE_FAILED_PRECONDITION = 9
 CODE_OUT_OF_RANGE = 11
 CODE_INTERNAL = 13
 
@@ -62,6 +67,21 @@ class ValueProvidedError(InvalidArgumentError):
 
 class LeaseProvidedError(InvalidArgumentError):
     default_message = "etcdserver: lease is provided"
+
+
+class LeaseNotFoundError(MvccError):
+    code = CODE_NOT_FOUND
+    default_message = "etcdserver: requested lease not found"
+
+
+class LeaseExistsError(MvccError):
+    code = CODE_FAILED_PRECONDITION
+    default_message = "etcdserver: lease already exists"
+
+
+class LeaseTTLTooLargeError(MvccError):
+    code = CODE_OUT_OF_RANGE
+    default_message = "etcdserver: too large lease TTL"
 
 
 class DuplicateKeyError(InvalidArgumentError):

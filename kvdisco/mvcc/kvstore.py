@@ -13,6 +13,11 @@ Model (etcd v3):
 * ``compact(rev)`` drops history older than ``rev`` but keeps, per key, the newest entry at or
   before ``rev`` unless it is a tombstone; reads below ``rev`` then raise :class:`CompactedError`.
 * Requests are validated completely before anything is written, so a bad request changes nothing.
+* Leases: a store built with a :class:`Lessor` tracks them. A put must then name an existing
+  lease (or 0); a put attaches its key to its lease and detaches it from the previous one; a
+  deleted key is detached; revoking a lease deletes its keys in one revision. Leases are part
+  of the snapshot; attachments are rebuilt from the live keys. A store without a lessor treats
+  a lease id as an opaque number and has no leases.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ from kvdisco.mvcc.errors import (
     FutureRevisionError,
     InvalidArgumentError,
     KeyNotFoundError,
+    LeaseNotFoundError,
     LeaseProvidedError,
     RequestTooLargeError,
     SnapshotError,
     TooManyOpsError,
     ValueProvidedError,
 )
+from kvdisco.mvcc.lessor import Lease, Lessor
 from kvdisco.mvcc.limits import KEY_BYTES_MAX, TXN_OPS_MAX, VALUE_BYTES_MAX
 
 __all__ = [
@@ -51,6 +58,9 @@ __all__ = [
     "EventType",
     "KVStore",
     "KeyValue",
+    "LeaseCheckpointResult",
+    "LeaseGrantResult",
+    "LeaseRevokeResult",
     "PutResult",
     "RangeResult",
     "RequestDeleteRange",
@@ -227,6 +237,25 @@ class CompactResult:
     revision: int
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseGrantResult:
+    id: int
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevokeResult:
+    #: The store revision after the revoke (unchanged when the lease had no keys).
+    revision: int
+    #: DELETE events of the keys the revoke deleted, for the watch hub.
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCheckpointResult:
+    revision: int
+
+
 OpResult = RangeResult | PutResult | DeleteResult | TxnResult
 
 #: One history entry: (main revision, sub revision, value or None for a tombstone).
@@ -378,7 +407,9 @@ _SORT_KEYS: dict[SortTarget, Any] = {
 class KVStore:
     """The revisioned store. Not thread-safe; one writer (the Raft apply loop)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lessor: Lessor | None = None) -> None:
+        #: Leases of this store, or None when the store does not track leases.
+        self._lessor = lessor
         # Invariant: _compact_rev <= _rev, and every history entry's main revision <= _rev.
         self._rev = 1
         self._compact_rev = 0
@@ -495,21 +526,72 @@ class KVStore:
         self._compact_rev = revision
         return CompactResult(self._rev)
 
+    # --- leases -----------------------------------------------------------------------
+
+    def lease_grant(self, lease_id: int, ttl: int) -> LeaseGrantResult:
+        """Create a lease; ``lease_id`` 0 lets the lessor choose. See :mod:`lessor` for the rules."""
+        if self._lessor is None:
+            raise InvalidArgumentError("kvdisco: this store does not track leases")
+        lease = self._lessor.grant(lease_id, ttl)
+        return LeaseGrantResult(lease.id, lease.ttl)
+
+    def lease_revoke(self, lease_id: int) -> LeaseRevokeResult:
+        """Delete every key attached to the lease in one write transaction, then the lease."""
+        if self._lessor is None:
+            raise LeaseNotFoundError()
+        lease = self._lessor.lookup(lease_id)
+        batch = _Batch(self._rev + 1)
+        for key in sorted(lease.keys):
+            self._do_delete(RequestDeleteRange(key), batch)
+        self._commit(batch)
+        self._lessor.remove(lease_id)
+        return LeaseRevokeResult(self._rev, tuple(batch.events))
+
+    def lease_checkpoint(self, checkpoints: Sequence[tuple[int, int]]) -> LeaseCheckpointResult:
+        if self._lessor is not None:
+            self._lessor.checkpoint(checkpoints)
+        return LeaseCheckpointResult(self._rev)
+
+    def lease_ttl_info(self, lease_id: int) -> tuple[int, int | None, tuple[bytes, ...]]:
+        """``(granted TTL, remaining TTL at the last checkpoint or None, sorted attached keys)``."""
+        if self._lessor is None:
+            raise LeaseNotFoundError()
+        lease = self._lessor.lookup(lease_id)
+        return lease.ttl, lease.remaining_ttl, tuple(sorted(lease.keys))
+
+    def leases(self) -> tuple[int, ...]:
+        """Ids of the existing leases, ascending."""
+        return () if self._lessor is None else self._lessor.ids()
+
     # --- snapshot ---------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
         history = [[key, [_pack_entry(e) for e in self._history[key]]] for key in self._keys]
-        state = {"format": SNAPSHOT_FORMAT, "rev": self._rev, "compact_rev": self._compact_rev, "history": history}
+        state: dict[str, Any] = {
+            "format": SNAPSHOT_FORMAT,
+            "rev": self._rev,
+            "compact_rev": self._compact_rev,
+            "history": history,
+        }
+        if self._lessor is not None:
+            state["leases"] = self._lessor.pack()
         data: bytes = msgpack.packb(state, use_bin_type=True)
         return data
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's. A bad snapshot raises and changes nothing."""
         try:
-            rev, compact_rev, keys, histories = _decode_snapshot(data)
+            rev, compact_rev, keys, histories, raw_leases = _decode_snapshot(data)
+            leases = None if raw_leases is None else _decode_leases(raw_leases)
         except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
             raise SnapshotError(f"mvcc: corrupt snapshot: {exc!r}") from exc
         _check_state(rev, compact_rev, keys, histories)
+        if (leases is None) != (self._lessor is None):
+            raise SnapshotError("mvcc: corrupt snapshot: leases present exactly when the store tracks them")
+        if self._lessor is not None and leases is not None:
+            next_id, lease_list = leases
+            _attach_live_keys(lease_list, histories)
+            self._lessor.load(next_id, lease_list)
         self._rev, self._compact_rev, self._keys, self._history = rev, compact_rev, keys, histories
 
     # --- internals --------------------------------------------------------------------
@@ -517,6 +599,14 @@ class KVStore:
     def _commit(self, batch: _Batch) -> None:
         if batch.sub:
             self._rev = batch.rev
+        lessor = self._lessor
+        if lessor is None:
+            return
+        for ev in batch.events:
+            if ev.prev_kv is not None and ev.prev_kv.lease:
+                lessor.detach(ev.prev_kv.lease, ev.kv.key)
+            if ev.type == EventType.PUT and ev.kv.lease:
+                lessor.attach(ev.kv.lease, ev.kv.key)
 
     def _check_read_rev(self, revision: int) -> None:
         if revision > self._rev:
@@ -527,6 +617,8 @@ class KVStore:
     def _check_put_state(self, req: RequestPut) -> None:
         if (req.ignore_value or req.ignore_lease) and self._get(req.key, self._rev) is None:
             raise KeyNotFoundError()
+        if self._lessor is not None and req.lease and req.lease not in self._lessor:
+            raise LeaseNotFoundError()
 
     def _get(self, key: bytes, rev: int) -> KeyValue | None:
         hist = self._history.get(key)
@@ -651,7 +743,7 @@ def _strict(value: Any, kind: type[_T]) -> _T:
     return value
 
 
-def _decode_snapshot(data: bytes) -> tuple[int, int, list[bytes], dict[bytes, list[_Entry]]]:
+def _decode_snapshot(data: bytes) -> tuple[int, int, list[bytes], dict[bytes, list[_Entry]], Any]:
     state = msgpack.unpackb(data, raw=False)
     if state["format"] != SNAPSHOT_FORMAT:
         raise ValueError(f"unknown snapshot format {state['format']!r}")
@@ -671,7 +763,36 @@ def _decode_snapshot(data: bytes) -> tuple[int, int, list[bytes], dict[bytes, li
             hist.append((m, _strict(raw_s, int), kv))
         keys.append(key)
         histories[key] = hist
-    return _strict(state["rev"], int), _strict(state["compact_rev"], int), keys, histories
+    rev, compact_rev = _strict(state["rev"], int), _strict(state["compact_rev"], int)
+    return rev, compact_rev, keys, histories, state.get("leases")
+
+
+def _decode_leases(raw: Any) -> tuple[int, list[Lease]]:
+    raw_next, raw_leases = raw
+    next_id = _strict(raw_next, int)
+    leases: list[Lease] = []
+    for raw_id, raw_ttl, raw_remaining in raw_leases:
+        remaining = None if raw_remaining is None else _strict(raw_remaining, int)
+        leases.append(Lease(_strict(raw_id, int), _strict(raw_ttl, int), remaining))
+    ids = [lease.id for lease in leases]
+    if any(a >= b for a, b in itertools.pairwise(ids)) or any(i <= 0 or i >= next_id for i in ids):
+        raise ValueError("lease ids not sorted, not positive or not below the next id")
+    if any(lease.ttl <= 0 or (lease.remaining_ttl is not None and lease.remaining_ttl <= 0) for lease in leases):
+        raise ValueError("lease TTLs must be positive")
+    return next_id, leases
+
+
+def _attach_live_keys(leases: list[Lease], histories: dict[bytes, list[_Entry]]) -> None:
+    """Attach each live key to its lease; a live key naming a missing lease breaks the snapshot."""
+    by_id = {lease.id: lease for lease in leases}
+    for key, hist in histories.items():
+        kv = hist[-1][2]
+        if kv is None or not kv.lease:
+            continue
+        lease = by_id.get(kv.lease)
+        if lease is None:
+            raise SnapshotError(f"mvcc: corrupt snapshot: {key!r} names lease {kv.lease} that does not exist")
+        lease.keys.add(key)
 
 
 def _check_state(rev: int, compact_rev: int, keys: list[bytes], histories: dict[bytes, list[_Entry]]) -> None:

@@ -11,17 +11,21 @@ from dataclasses import dataclass
 
 import msgpack
 
-from kvdisco.mvcc.commands import RequestCompact, decode_command
+from kvdisco.mvcc.commands import LeaseCheckpoint, LeaseGrant, LeaseRevoke, RequestCompact, decode_command
 from kvdisco.mvcc.errors import CODE_INVALID_ARGUMENT, MvccError, SnapshotError
 from kvdisco.mvcc.kvstore import (
     CompactResult,
     DeleteResult,
     KVStore,
+    LeaseCheckpointResult,
+    LeaseGrantResult,
+    LeaseRevokeResult,
     PutResult,
     RequestDeleteRange,
     RequestPut,
     TxnResult,
 )
+from kvdisco.mvcc.lessor import Lessor
 
 __all__ = ["MACHINE_SNAPSHOT_FORMAT", "ApplyError", "ApplyResult", "KVMachine"]
 
@@ -37,14 +41,24 @@ class ApplyError:
     message: str
 
 
-ApplyResult = PutResult | DeleteResult | TxnResult | CompactResult | ApplyError
+ApplyResult = (
+    PutResult
+    | DeleteResult
+    | TxnResult
+    | CompactResult
+    | LeaseGrantResult
+    | LeaseRevokeResult
+    | LeaseCheckpointResult
+    | ApplyError
+)
 
 
 class KVMachine:
     """A :class:`KVStore` driven by committed log entries. Read locally through ``store``."""
 
-    def __init__(self) -> None:
-        self.store = KVStore()
+    def __init__(self, min_lease_ttl: int = 1) -> None:
+        #: The store, tracking leases; every replica must use the same ``min_lease_ttl``.
+        self.store = KVStore(Lessor(min_lease_ttl))
         #: Index of the last entry applied (0 before any); restored with a snapshot.
         self.applied_index = 0
 
@@ -69,6 +83,12 @@ class KVMachine:
                 return store.delete_range(req.key, req.range_end, prev_kv=req.prev_kv)
             if isinstance(req, RequestCompact):
                 return store.compact(req.revision)
+            if isinstance(req, LeaseGrant):
+                return store.lease_grant(req.id, req.ttl)
+            if isinstance(req, LeaseRevoke):
+                return store.lease_revoke(req.id)
+            if isinstance(req, LeaseCheckpoint):
+                return store.lease_checkpoint(req.checkpoints)
             return store.txn(req.compares, req.success, req.failure)
         except MvccError as exc:
             return ApplyError(exc.code, exc.message)
