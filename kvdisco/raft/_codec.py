@@ -26,12 +26,10 @@ from ._messages import (
 
 __all__ = [
     "decode_conf_change",
-    "decode_entry",
     "decode_hard_state",
     "decode_message",
     "decode_snapshot_meta",
     "encode_conf_change",
-    "encode_entry",
     "encode_hard_state",
     "encode_message",
     "encode_snapshot_meta",
@@ -92,14 +90,6 @@ def obj_to_entry(o: Any) -> Entry:
     t, i, k, d = _list(o, "entry", 4)
     _int(t, "entry term"), _int(i, "entry index"), _bytes(d, "entry data")
     raise ValueError(f"entry type: unknown {k!r}")
-
-
-def encode_entry(e: Entry) -> bytes:
-    return pack(entry_to_obj(e))
-
-
-def decode_entry(data: bytes) -> Entry:
-    return obj_to_entry(unpack(data))
 
 
 def _conf_state_to_obj(cs: ConfState) -> list[Any]:

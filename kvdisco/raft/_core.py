@@ -43,6 +43,18 @@ CAMPAIGN_TRANSFER = b"transfer"
 _EARLY_TYPES = frozenset({MT.APP, MT.HEARTBEAT, MT.SNAP})
 
 
+def conf_after(cs: ConfState, cc: ConfChange) -> ConfState:
+    """The membership once ``cc`` is applied to ``cs`` (a voter may become a learner and back)."""
+    voters, learners = set(cs.voters), set(cs.learners)
+    voters.discard(cc.node_id)
+    learners.discard(cc.node_id)
+    if cc.type == ConfChangeType.ADD_VOTER:
+        voters.add(cc.node_id)
+    elif cc.type == ConfChangeType.ADD_LEARNER:
+        learners.add(cc.node_id)
+    return ConfState(frozenset(voters), frozenset(learners))
+
+
 class ConfChangeError(RaftError):
     """A membership change that is refused (it would leave no voter, or another one is pending)."""
 
@@ -184,20 +196,11 @@ class Raft:
 
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
         """Apply a committed membership change (called as its entry is applied)."""
-        voters, learners = set(self.voters), set(self.learners)
-        if cc.type == ConfChangeType.ADD_VOTER:
-            learners.discard(cc.node_id)
-            voters.add(cc.node_id)
-        elif cc.type == ConfChangeType.ADD_LEARNER:
-            voters.discard(cc.node_id)
-            learners.add(cc.node_id)
-        else:
-            voters.discard(cc.node_id)
-            learners.discard(cc.node_id)
-        if not voters:
+        after = conf_after(self.conf_state(), cc)
+        if not after.voters:
             # The leader refuses such a proposal; one can only come from a misbehaving leader. Ignore it.
             return self.conf_state()
-        self._set_conf(ConfState(frozenset(voters), frozenset(learners)))
+        self._set_conf(after)
         if self.role == StateRole.LEADER:
             if self.lead_transferee and self.lead_transferee not in self.voters:
                 self.lead_transferee = NONE
@@ -696,12 +699,7 @@ class Raft:
             raise NotLeader(self.lead)
         if self.pending_conf_index > self.log.applied:
             raise ConfChangeError("a membership change is already in progress; retry when it is applied")
-        voters = set(self.voters)
-        if cc.type == ConfChangeType.ADD_VOTER:
-            voters.add(cc.node_id)
-        else:
-            voters.discard(cc.node_id)
-        if not voters:
+        if not conf_after(self.conf_state(), cc).voters:
             raise ConfChangeError("refusing a membership change that leaves no voter")
         if cc.type == ConfChangeType.ADD_VOTER and cc.node_id in self.voters:
             raise ConfChangeError(f"node {cc.node_id} is already a voter")

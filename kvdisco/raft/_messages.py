@@ -81,17 +81,6 @@ LOCAL_MESSAGES = frozenset(
     }
 )
 
-#: Responses: a peer sends them to answer something it was sent.
-RESPONSE_MESSAGES = frozenset(
-    {
-        MessageType.APP_RESP,
-        MessageType.VOTE_RESP,
-        MessageType.HEARTBEAT_RESP,
-        MessageType.READ_INDEX_RESP,
-        MessageType.PRE_VOTE_RESP,
-    }
-)
-
 
 @dataclass(slots=True)
 class Entry:

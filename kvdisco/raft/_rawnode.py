@@ -20,7 +20,6 @@ from ._messages import (
     HardState,
     Message,
     MessageType,
-    ReadState,
     Ready,
     SnapshotMeta,
     SoftState,
@@ -184,9 +183,6 @@ class RawNode:
 
     def conf_state(self) -> ConfState:
         return self.raft.conf_state()
-
-    def read_states_pending(self) -> list[ReadState]:
-        return list(self.raft.read_states)
 
     def status(self) -> dict[str, Any]:
         r = self.raft

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -126,7 +126,6 @@ class NodeConfig:
     election_ticks: int = limits.ELECTION_TICKS
     heartbeat_ticks: int = limits.HEARTBEAT_TICKS
     snapshot_entries: int = SNAPSHOT_ENTRIES
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def node_id(self) -> int:
@@ -170,7 +169,6 @@ class Node:
         self._read_batch: list[asyncio.Future[int]] = []
         self._read_seq = 0
         self._reads_waiting_apply: list[tuple[int, list[asyncio.Future[int]]]] = []
-        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._early_scheduled = False
         self._unsynced_hard_state: HardState | None = None
         self._members: dict[int, MemberInfo] = {}
@@ -416,13 +414,6 @@ class Node:
         except TimeoutError:
             raise ProposalDropped("read index round timed out (leader change?); retry") from None
 
-    async def wait_applied(self, index: int) -> None:
-        if self.applied_index >= index:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._applied_waiters.append((index, fut))
-        await fut
-
     # -- input from the loop -----------------------------------------------------------------------------------------
 
     def _issue_read(self) -> None:
@@ -612,16 +603,6 @@ class Node:
                     else:
                         w.future.set_result(result)
                         self.metrics["proposals_committed"] += 1
-        last = entries[-1].index
-        if self._applied_waiters:
-            keep = []
-            for idx, fut in self._applied_waiters:
-                if idx <= last:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    keep.append((idx, fut))
-            self._applied_waiters = keep
 
     def _apply_conf_change_io(self, cc: ConfChange) -> None:
         transport = self._transport
@@ -756,7 +737,3 @@ class Node:
             if not f.done():
                 f.set_exception(exc)
         self._read_batch.clear()
-        for _, fut in self._applied_waiters:
-            if not fut.done():
-                fut.set_exception(exc)
-        self._applied_waiters.clear()
