@@ -7,18 +7,27 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import os
 import signal
 import sys
 import time
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from kvdisco.api.app import make_app
+from kvdisco.api.backend import Backend, BackendConfig, WatchedMachine
+from kvdisco.mvcc.lease_clock import LeaseClock
+from kvdisco.mvcc.machine import KVMachine
+from kvdisco.mvcc.watch import WatchHub
 from kvdisco.raft import RaftError
 from kvdisco.raft.node import Node, NodeConfig
-from kvdisco.register.http import make_app
-from kvdisco.register.machine import RegisterMachine
 
 __all__ = ["main"]
 
@@ -71,26 +80,107 @@ def _host_port(url: str, what: str) -> tuple[str, int]:
     return parts.hostname, parts.port
 
 
+@dataclass(frozen=True)
+class _Option:
+    flag: str
+    default: Any
+    help: str
+    type: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+#: Every `serve` setting. Each is a flag, a KVDISCO_<NAME> environment variable and a key of the
+#: --config TOML file (dashes or underscores), in that order of precedence.
+SERVE_OPTIONS = (
+    _Option("--name", "default", "member name, unique in the cluster"),
+    _Option("--data-dir", "./kvdisco-data", "WAL and snapshots"),
+    _Option("--listen-client-urls", "http://127.0.0.1:2379", "client API address"),
+    _Option("--advertise-client-urls", None, "client URL told to other members (default: the listen URL)"),
+    _Option("--listen-peer-urls", "http://127.0.0.1:2380", "Raft peer address"),
+    _Option("--initial-advertise-peer-urls", None, "peer URL told to others (default: the listen URL)"),
+    _Option("--initial-cluster", None, "name=peerURL,... of the members of a new cluster (default: this member)"),
+    _Option(
+        "--initial-cluster-state", "new", "bootstrap a new cluster or join an existing one", choices=("new", "existing")
+    ),
+    _Option("--snapshot-count", 20_000, "applied entries between snapshots", int),
+    _Option(
+        "--auto-compaction-mode",
+        "revision",
+        "keep the last N revisions, or N seconds of history (off: never)",
+        choices=("revision", "periodic", "off"),
+    ),
+    _Option("--auto-compaction-retention", 10_000, "N for --auto-compaction-mode", int),
+    _Option("--watch-progress-notify-interval", 10.0, "seconds between watch progress notifications", float),
+    _Option("--lease-checkpoint-interval", 5.0, "seconds between checkpoints of remaining lease TTLs", float),
+    _Option("--log-format", "text", "log line format", choices=("text", "json")),
+    _Option("--log-level", "info", "least severe level logged", choices=("debug", "info", "warning", "error")),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kvdisco", description="kvdisco server and admin commands")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run a node", description="Run one kvdisco node.")
-    s.add_argument("--name", default="default", help="member name, unique in the cluster (default: default)")
-    s.add_argument("--data-dir", default="./kvdisco-data", help="WAL and snapshots (default: ./kvdisco-data)")
-    s.add_argument("--listen-client-urls", default="http://127.0.0.1:2379", help="client API address")
-    s.add_argument("--advertise-client-urls", default=None, help="client URL told to other members (default: listen)")
-    s.add_argument("--listen-peer-urls", default="http://127.0.0.1:2380", help="Raft peer address")
-    s.add_argument("--initial-advertise-peer-urls", default=None, help="peer URL told to others (default: listen)")
-    s.add_argument(
-        "--initial-cluster",
-        default=None,
-        help="name=peerURL,... of the members of a new cluster (default: this member alone)",
+    s = sub.add_parser(
+        "serve",
+        help="run a node",
+        description="Run one kvdisco node. Every flag can also be set as KVDISCO_<FLAG> in the environment "
+        "(e.g. KVDISCO_DATA_DIR) or in the --config TOML file; flags win over the environment, which wins "
+        "over the file.",
     )
-    s.add_argument("--initial-cluster-state", choices=("new", "existing"), default="new")
-    s.add_argument("--snapshot-count", type=int, default=20_000, help="applied entries between snapshots")
-    s.add_argument("--log-format", choices=("text", "json"), default="text")
-    s.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    s.add_argument("--config", default=argparse.SUPPRESS, help="TOML file of settings (also KVDISCO_CONFIG)")
+    for opt in SERVE_OPTIONS:
+        shown = "" if opt.default is None else f" (default: {opt.default})"
+        s.add_argument(opt.flag, default=argparse.SUPPRESS, type=opt.type, choices=opt.choices, help=opt.help + shown)
     return p
+
+
+def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse.Namespace:
+    """Fill every setting not given as a flag from the environment, then the config file, then defaults."""
+    given = vars(args)
+    config_path = given.get("config") or env.get("KVDISCO_CONFIG")
+    file_settings: dict[str, Any] = {}
+    if config_path:
+        try:
+            with open(config_path, "rb") as f:
+                raw = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SystemExit(f"--config {config_path}: {exc}") from None
+        known = {o.dest for o in SERVE_OPTIONS}
+        for key, value in raw.items():
+            dest = key.replace("-", "_")
+            if dest not in known:
+                raise SystemExit(f"--config {config_path}: unknown setting {key!r}")
+            file_settings[dest] = value
+    out = argparse.Namespace(command=given.get("command"))
+    for opt in SERVE_OPTIONS:
+        env_name = "KVDISCO_" + opt.dest.upper()
+        if opt.dest in given:
+            value = given[opt.dest]
+        elif env_name in env:
+            value = _convert(opt, env[env_name], env_name)
+        elif opt.dest in file_settings:
+            value = file_settings[opt.dest]
+            if opt.type is not str and isinstance(value, str):
+                value = _convert(opt, value, f"config {opt.dest}")
+            elif isinstance(value, list) and opt.type is str:
+                value = ",".join(str(v) for v in value)
+        else:
+            value = opt.default
+        if opt.choices is not None and value not in opt.choices:
+            raise SystemExit(f"{opt.flag}: {value!r} is not one of {', '.join(opt.choices)}")
+        setattr(out, opt.dest, value)
+    return out
+
+
+def _convert(opt: _Option, text: str, where: str) -> Any:
+    try:
+        return opt.type(text)
+    except ValueError:
+        raise SystemExit(f"{where}: cannot read {text!r} as {opt.type.__name__}") from None
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -109,19 +199,40 @@ async def serve(args: argparse.Namespace) -> int:
         join=args.initial_cluster_state == "existing",
         snapshot_entries=args.snapshot_count,
     )
-    register = RegisterMachine()
-    node = Node(cfg, register)
+    election_s = cfg.election_ticks * cfg.tick_interval_s
+    machine = KVMachine(min_lease_ttl=max(1, math.ceil(1.5 * election_s)))
+    hub = WatchHub(machine.store)
+    clock = LeaseClock(machine.lessor, extend_s=election_s, checkpoint_interval_s=args.lease_checkpoint_interval)
+    sm = WatchedMachine(machine, hub, clock)
+    node = Node(cfg, sm)
     try:
         await node.start()
     except (RaftError, OSError) as exc:
         # E.g. CorruptLogError names the WAL file and offset: say so plainly and refuse to run.
         log.error("cannot start member %s: %s", cfg.name, exc)
         return 2
-    runner = web.AppRunner(make_app(node, register), shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None)
+    backend = Backend(
+        node,
+        sm,
+        BackendConfig(
+            progress_interval_s=args.watch_progress_notify_interval,
+            auto_compaction_mode="" if args.auto_compaction_mode == "off" else args.auto_compaction_mode,
+            auto_compaction_retention=args.auto_compaction_retention,
+        ),
+    )
+    backend.start()
+    runner = web.AppRunner(make_app(backend), shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None)
     await runner.setup()
     host, port = _host_port(client_listen, "--listen-client-urls")
     site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot serve clients on %s: %s", client_listen, exc)
+        await runner.cleanup()
+        await backend.stop()
+        await node.stop()
+        return 2
     log.info("member %s (%x) serving clients on %s, peers on %s", cfg.name, cfg.node_id, client_listen, peer_url)
 
     stop = asyncio.Event()
@@ -134,7 +245,9 @@ async def serve(args: argparse.Namespace) -> int:
     stopping.cancel()
     failed.cancel()
     log.info("shutting down: finishing in-flight requests")
+    backend.hub.close()  # ends watch streams, so the runner need not wait them out
     await runner.cleanup()
+    await backend.stop()
     await node.stop()
     if node.failure is not None:
         log.error("stopped after a failure: %s", node.failure)
@@ -144,7 +257,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = resolve_settings(build_parser().parse_args(argv), os.environ)
     _setup_logging(args.log_format, args.log_level)
     if args.command == "serve":
         try:

@@ -54,6 +54,7 @@ from kvdisco.mvcc.kvstore import (
 )
 from kvdisco.mvcc.lessor import Lessor, keepalive
 from kvdisco.mvcc.machine import ApplyError, KVMachine
+from kvdisco.mvcc.watch import Watcher, WatchHub, WatchResponse, WatchStats
 
 __all__ = [
     "CompactResult",
@@ -98,6 +99,10 @@ __all__ = [
     "TooManyOpsError",
     "TxnResult",
     "ValueProvidedError",
+    "WatchHub",
+    "WatchResponse",
+    "WatchStats",
+    "Watcher",
     "ApplyError",
     "Command",
     "KVMachine",

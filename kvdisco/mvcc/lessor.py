@@ -21,7 +21,7 @@ Rules (etcd's, unless said otherwise):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, KeysView
 from dataclasses import dataclass, field
 
 from kvdisco.mvcc.errors import (
@@ -97,6 +97,10 @@ class Lessor:
 
     def ids(self) -> tuple[int, ...]:
         return tuple(sorted(self._leases))
+
+    def live_ids(self) -> KeysView[int]:
+        """A live view of the ids, for cheap set comparisons by the leader's clock."""
+        return self._leases.keys()
 
     def check_grant(self, lease_id: int, ttl: int) -> None:
         """Raise the error :meth:`grant` would raise, changing nothing."""

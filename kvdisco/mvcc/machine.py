@@ -57,8 +57,9 @@ class KVMachine:
     """A :class:`KVStore` driven by committed log entries. Read locally through ``store``."""
 
     def __init__(self, min_lease_ttl: int = 1) -> None:
-        #: The store, tracking leases; every replica must use the same ``min_lease_ttl``.
-        self.store = KVStore(Lessor(min_lease_ttl))
+        #: Leases of the store; every replica must use the same ``min_lease_ttl``.
+        self.lessor = Lessor(min_lease_ttl)
+        self.store = KVStore(self.lessor)
         #: Index of the last entry applied (0 before any); restored with a snapshot.
         self.applied_index = 0
 

@@ -230,6 +230,7 @@ class Node:
         for m in self._members.values():
             if m.id != self.id and m.peer_url:
                 self._transport.set_peer(m.id, *m.peer_host_port())
+                self._transport.greet(m.id)  # every member learns our client URLs, not only the leader
         self._tasks = [
             asyncio.create_task(self._run(), name=f"raft-loop-{cfg.name}"),
             asyncio.create_task(self._ticker(), name=f"raft-tick-{cfg.name}"),
@@ -617,6 +618,7 @@ class Node:
             info = self._members[cc.node_id]
             if transport is not None and cc.node_id != self.id and info.peer_url:
                 transport.set_peer(cc.node_id, *info.peer_host_port())
+                transport.greet(cc.node_id)
 
     def _release_reads(self) -> None:
         if not self._reads_waiting_apply:

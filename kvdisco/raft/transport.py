@@ -96,7 +96,7 @@ class _Snapshot:
 class _Peer:
     """Where to dial a peer, what is waiting for it, and the task that sends it."""
 
-    __slots__ = ("host", "node_id", "port", "queue", "sending_snapshot", "task", "wakeup")
+    __slots__ = ("greet", "host", "node_id", "port", "queue", "sending_snapshot", "task", "wakeup")
 
     def __init__(self, node_id: int, host: str, port: int) -> None:
         self.node_id = node_id
@@ -106,6 +106,8 @@ class _Peer:
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.sending_snapshot = False
+        #: Dial even with nothing queued, so the peer hears our HELLO (and learns our client URLs).
+        self.greet = False
 
 
 async def _drain(writer: asyncio.StreamWriter) -> None:
@@ -312,6 +314,17 @@ class PeerTransport:
                 if peer.queue:
                     self._start_writer(peer)
 
+    def greet(self, node_id: int) -> None:
+        """Connect to a known peer now, even with nothing to send, so that it hears our HELLO."""
+        peer = self._peers.get(node_id)
+        if peer is None or self._closed:
+            return
+        peer.greet = True
+        if peer.task is None:
+            self._start_writer(peer)
+        else:
+            peer.wakeup.set()
+
     def remove_peer(self, node_id: int) -> None:
         peer = self._peers.pop(node_id, None)
         if peer is not None:
@@ -417,7 +430,7 @@ class PeerTransport:
         delay = 0.0
         dialled = False
         while True:
-            while not peer.queue:
+            while not peer.queue and not peer.greet:
                 peer.wakeup.clear()
                 await peer.wakeup.wait()
             if delay:
@@ -455,6 +468,9 @@ class PeerTransport:
         hello = pack([_MAGIC, _VERSION, self.cluster_id, self.node_id, peer.node_id, self._hello_meta])
         writer.write(_HEADER.pack(len(hello), _FRAME_HELLO) + hello)
         self._c.frames_sent += 1
+        if peer.greet:
+            await _drain(writer)
+            peer.greet = False
         queue = peer.queue
         while True:
             while not queue:

@@ -29,19 +29,20 @@ async def _wait_ready(cluster: LocalCluster) -> None:
             await asyncio.sleep(0.1)
 
 
-async def test_three_members_write_on_leader_redirect_from_follower(tmp_path: Path) -> None:
+async def test_three_members_follower_forwards_writes_to_the_leader(tmp_path: Path) -> None:
     async with LocalCluster(tmp_path, 3) as cluster:
         leader = await cluster.leader()
         await _wait_ready(cluster)
-        status, body = await cluster.put(leader, "/v1/register", b"hello")
+        status, body = await cluster.put(leader, "/v1/kv/greeting", b"hello")
         assert status == 200, body
         follower = next(m for m in cluster.members if m is not leader)
-        status, body = await cluster.put(follower, "/v1/register", b"nope")
-        assert status == 421 and body["leader"] == leader.client_url, body
-        # A linearizable read on a follower sees the acknowledged write.
-        status, body = await cluster.get(follower, "/v1/register")
-        assert (status, body["value"]) == (200, "hello")
-        status, body = await cluster.get(follower, "/v1/register/never-set")
+        status, body = await cluster.put(follower, "/v1/kv/greeting", b"from a follower")
+        assert status == 200, body
+        # A linearizable read on the other follower sees the acknowledged write.
+        other = next(m for m in cluster.members if m is not leader and m is not follower)
+        status, body = await cluster.get(other, "/v1/kv/greeting")
+        assert (status, body["kvs"][0]["value"], body["kvs"][0]["version"]) == (200, "from a follower", 2)
+        status, body = await cluster.get(follower, "/v1/kv/never-set")
         assert status == 404
 
 
@@ -49,16 +50,18 @@ async def test_bad_requests_get_4xx_and_change_nothing(tmp_path: Path) -> None:
     async with LocalCluster(tmp_path, 1) as cluster:
         m = await cluster.leader()
         await _wait_ready(cluster)
-        status, body = await cluster.put(m, "/v1/register/k", b"v1")
+        status, body = await cluster.put(m, "/v1/kv/k", b"v1")
         assert status == 200
-        applied_before = (await cluster.get(m, "/v1/registers"))[1]["applied"]
-        status, _ = await cluster.put(m, "/v1/register/k", b"x" * (2 * 1024 * 1024))
-        assert status == 413
-        status, _ = await cluster.put(m, "/v1/register/" + "k" * 2000, b"v")
-        assert status == 400
-        status, body = await cluster.get(m, "/v1/register/k")
-        assert body["value"] == "v1"
-        assert (await cluster.get(m, "/v1/registers"))[1]["applied"] == applied_before
+        revision = body["revision"]
+        status, body = await cluster.put(m, "/v1/kv/k", b"x" * (2 * 1024 * 1024))
+        assert (status, body["code"]) == (400, 3), body
+        assert "too large" in body["message"]
+        status, body = await cluster.put(m, "/v1/kv/k?lease=12345", b"v2")
+        assert (status, body["message"]) == (404, "etcdserver: requested lease not found"), body
+        status, body = await cluster.put(m, "/v1/kv/k?lease=banana", b"v2")
+        assert (status, body["code"]) == (400, 3), body
+        status, body = await cluster.get(m, "/v1/kv/k")
+        assert (body["kvs"][0]["value"], body["revision"]) == ("v1", revision)
 
 
 async def test_sigterm_stops_cleanly_and_data_survives_restart(tmp_path: Path) -> None:
@@ -66,7 +69,7 @@ async def test_sigterm_stops_cleanly_and_data_survives_restart(tmp_path: Path) -
         m = await cluster.leader()
         await _wait_ready(cluster)
         for i in range(20):
-            assert (await cluster.put(m, f"/v1/register/k{i}", f"v{i}".encode()))[0] == 200
+            assert (await cluster.put(m, f"/v1/kv/k{i}", f"v{i}".encode()))[0] == 200
         assert m.proc is not None
         m.proc.send_signal(signal.SIGTERM)
         assert m.proc.wait(timeout=15) == 0
@@ -75,8 +78,8 @@ async def test_sigterm_stops_cleanly_and_data_survives_restart(tmp_path: Path) -
         await cluster.leader()
         await _wait_ready(cluster)
         for i in range(20):
-            status, body = await cluster.get(m, f"/v1/register/k{i}")
-            assert (status, body["value"]) == (200, f"v{i}")
+            status, body = await cluster.get(m, f"/v1/kv/k{i}")
+            assert (status, body["kvs"][0]["value"]) == (200, f"v{i}")
 
 
 def test_corrupt_wal_is_a_clear_startup_error(tmp_path: Path) -> None:

@@ -1,0 +1,348 @@
+"""kvdisco beside etcd 3.4, in one run on one machine, with the same load generator.
+
+Both systems run as 3 member processes on loopback with fsync on. For each workload the
+script runs etcd, then kvdisco, against each one's leader, and prints the ratio
+kvdisco / etcd. Absolute numbers drift on a shared machine; the ratio is the figure to read.
+
+Workloads:
+
+* ``put`` and ``range``: wrk with ../shared/bench/put.lua (random keys, 64-byte values) and
+  range.lua (a linearizable single-key range), at each --connections count.
+* ``watch``: --watchers streaming watches (POST /v3/watch) on one prefix, each on its own
+  connection spread over the members, then --watch-puts puts at a steady rate; the latency from
+  sending a put to each watcher receiving its event (commit + fan-out + delivery), p50 and p99.
+
+Usage::
+
+    .venv/bin/python bench/compare_etcd.py [--seconds 8] [--connections 1,64] [--watchers 1000]
+
+Needs ``etcd`` (Debian: etcd-server) and ``wrk`` on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA_DIR = ROOT.parent / "shared" / "bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass
+class Cluster:
+    name: str
+    root: Path
+    client_urls: list[str] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=f, env=env)
+
+
+def start_etcd(root: Path, size: int = 3) -> Cluster:
+    c = Cluster("etcd", root)
+    ports = [(free_port(), free_port()) for _ in range(size)]
+    initial = ",".join(f"e{i}=http://127.0.0.1:{pp}" for i, (_, pp) in enumerate(ports))
+    for i, (cp, pp) in enumerate(ports):
+        url = f"http://127.0.0.1:{cp}"
+        cmd = [
+            "etcd",
+            "--name",
+            f"e{i}",
+            "--data-dir",
+            str(root / f"e{i}"),
+            "--listen-client-urls",
+            url,
+            "--advertise-client-urls",
+            url,
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{pp}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{pp}",
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-token",
+            "bench",
+            "--initial-cluster-state",
+            "new",
+            "--logger",
+            "zap",
+            "--log-level",
+            "error",
+        ]
+        c.procs.append(_spawn(cmd, root / f"e{i}.log"))
+        c.client_urls.append(url)
+    return c
+
+
+def start_kvdisco(root: Path, size: int = 3) -> Cluster:
+    c = Cluster("kvdisco", root)
+    ports = [(free_port(), free_port()) for _ in range(size)]
+    initial = ",".join(f"k{i}=http://127.0.0.1:{pp}" for i, (_, pp) in enumerate(ports))
+    for i, (cp, pp) in enumerate(ports):
+        url = f"http://127.0.0.1:{cp}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "kvdisco.cli.server",
+            "serve",
+            "--name",
+            f"k{i}",
+            "--data-dir",
+            str(root / f"k{i}"),
+            "--listen-client-urls",
+            url,
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{pp}",
+            "--initial-cluster",
+            initial,
+            "--log-level",
+            "warning",
+        ]
+        c.procs.append(_spawn(cmd, root / f"k{i}.log", env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+        c.client_urls.append(url)
+    return c
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, Any]:
+    async with session.post(url, json=body) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def wait_leader(c: Cluster, timeout_s: float = 30.0) -> str:
+    """The client URL of the member that leads, once every member answers."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
+        while time.monotonic() < deadline:
+            leader_url = None
+            answered = 0
+            for url in c.client_urls:
+                try:
+                    status, body = await post(s, url + "/v3/maintenance/status", {})
+                except (aiohttp.ClientError, TimeoutError, OSError):
+                    continue
+                if status != 200:
+                    continue
+                answered += 1
+                if body.get("leader") and body["leader"] == body["header"]["member_id"]:
+                    leader_url = url
+            if leader_url and answered == len(c.client_urls):
+                # One write through the leader proves the cluster commits.
+                status, _ = await post(
+                    s, leader_url + "/v3/kv/put", {"key": b64(b"bench/00000001"), "value": b64(b"v")}
+                )
+                if status == 200:
+                    return leader_url
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{c.name}: no leader within {timeout_s} s (logs in {c.root})")
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    res: dict[str, float] = {"rps": rps}
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if m:
+            res[f"p{pct}_ms"] = float(m.group(1)) * _UNITS[m.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    res["non2xx"] = float(errors.group(1)) if errors else 0.0
+    return res
+
+
+async def watch_fanout(c: Cluster, leader: str, watchers: int, puts: int, rate: float) -> dict[str, float]:
+    """Open ``watchers`` watch streams, then put ``puts`` keys; latency from each put's send to each delivery."""
+    prefix = f"fan-{time.monotonic_ns()}/".encode()
+    sent: dict[bytes, float] = {}
+    latencies: list[float] = []
+    ready = 0
+    conn = aiohttp.TCPConnector(limit=0)
+    session = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+
+    async def one(i: int) -> None:
+        nonlocal ready
+        url = c.client_urls[i % len(c.client_urls)] + "/v3/watch"
+        body = {"create_request": {"key": b64(prefix), "range_end": b64(prefix[:-1] + bytes([prefix[-1] + 1]))}}
+        async with session.post(url, json=body) as r:
+            got = 0
+            buf = b""
+            async for chunk in r.content.iter_any():
+                buf += chunk
+                while True:
+                    try:
+                        obj, end = json.JSONDecoder().raw_decode(buf.decode())
+                    except json.JSONDecodeError:
+                        break
+                    buf = buf.decode()[end:].lstrip().encode()
+                    result = obj.get("result", {})
+                    if result.get("created"):
+                        ready += 1
+                    now = time.perf_counter()
+                    for ev in result.get("events", []):
+                        key = base64.b64decode(ev["kv"]["key"])
+                        latencies.append(now - sent[key])
+                        got += 1
+                if got >= puts:
+                    return
+
+    tasks = [asyncio.ensure_future(one(i)) for i in range(watchers)]
+    deadline = time.monotonic() + 60
+    while ready < watchers and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    async with aiohttp.ClientSession() as s:
+        for n in range(puts):
+            key = prefix + b"%06d" % n
+            sent[key] = time.perf_counter()
+            await post(s, leader + "/v3/kv/put", {"key": b64(key), "value": b64(b"x" * 64)})
+            await asyncio.sleep(1.0 / rate)
+    _done, pending = await asyncio.wait(tasks, timeout=30)
+    for t in pending:
+        t.cancel()
+    await session.close()
+    latencies.sort()
+    expected = watchers * puts
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1e3 if latencies else float("nan")
+
+    return {
+        "watchers_ready": ready,
+        "delivered": len(latencies),
+        "expected": expected,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(args.dir or tempfile.mkdtemp(prefix="kvdisco-vs-etcd-"))
+    root.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "etcd_version": subprocess.run(["etcd", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
+        "runs": [],
+    }
+    clusters: dict[str, Cluster] = {}
+    try:
+        (root / "etcd").mkdir(exist_ok=True)
+        (root / "kvdisco").mkdir(exist_ok=True)
+        clusters["etcd"] = start_etcd(root / "etcd")
+        clusters["kvdisco"] = start_kvdisco(root / "kvdisco")
+        leaders = {name: await wait_leader(c) for name, c in clusters.items()}
+        for workload in args.workloads.split(","):
+            if workload == "watch":
+                row: dict[str, Any] = {"workload": f"watch x{args.watchers}"}
+                for name, c in clusters.items():
+                    row[name] = await watch_fanout(c, leaders[name], args.watchers, args.watch_puts, args.watch_rate)
+                    print(name, row[name], flush=True)
+                results["runs"].append(row)
+                continue
+            script = LUA_DIR / f"{workload}.lua"
+            for conns in [int(x) for x in args.connections.split(",")]:
+                row = {"workload": workload, "connections": conns}
+                for name in clusters:
+                    row[name] = await asyncio.to_thread(run_wrk, leaders[name], script, conns, args.seconds)
+                row["ratio_rps"] = row["kvdisco"]["rps"] / row["etcd"]["rps"]
+                if "p50_ms" in row["kvdisco"] and "p50_ms" in row["etcd"]:
+                    row["ratio_p50"] = row["kvdisco"]["p50_ms"] / row["etcd"]["p50_ms"]
+                print(json.dumps(row), flush=True)
+                results["runs"].append(row)
+    finally:
+        for c in clusters.values():
+            c.stop()
+        if not args.keep and not args.dir:
+            shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"\n{results['etcd_version']}; {results['machine']}")
+    print(f"{'workload':<16}{'etcd':>26}{'kvdisco':>26}{'ratio':>8}")
+    for row in results["runs"]:
+        if row["workload"].startswith("watch"):
+            e, k = row["etcd"], row["kvdisco"]
+            print(
+                f"{row['workload']:<16}{'p50 {:.1f} p99 {:.1f} ms'.format(e['p50_ms'], e['p99_ms']):>26}"
+                f"{'p50 {:.1f} p99 {:.1f} ms'.format(k['p50_ms'], k['p99_ms']):>26}"
+            )
+            continue
+        name = f"{row['workload']} c{row['connections']}"
+        cell = {s: f"{row[s]['rps']:.0f}/s p50 {row[s].get('p50_ms', 0.0):.2f} ms" for s in ("etcd", "kvdisco")}
+        print(f"{name:<16}{cell['etcd']:>26}{cell['kvdisco']:>26}{row['ratio_rps']:>8.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=int, default=8)
+    p.add_argument("--connections", default="1,64")
+    p.add_argument("--workloads", default="put,range,watch")
+    p.add_argument("--watchers", type=int, default=1000)
+    p.add_argument("--watch-puts", type=int, default=200)
+    p.add_argument("--watch-rate", type=float, default=50.0, help="puts per second during the watch test")
+    p.add_argument("--dir", default=None, help="keep data and logs here")
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+    for tool in ("etcd", "wrk"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not on PATH (apt-get install etcd-server wrk)")
+    results = asyncio.run(main_async(args))
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

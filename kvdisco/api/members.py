@@ -1,0 +1,114 @@
+"""Cluster membership for the HTTP APIs: etcd's member JSON, and add/remove/promote with etcd's errors.
+
+A member's id is derived from its name (see :func:`kvdisco.raft.node.member_id`), so adding a
+member needs its name as well as its peer URL: etcd's ``member add`` request carries only peer
+URLs, and kvdisco also takes a ``name`` field. The name must be the new node's ``--name``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kvdisco.raft import NotLeader, ProposalDropped, RaftError
+from kvdisco.raft.node import MemberInfo, Node, member_id
+
+__all__ = ["MemberError", "add_member", "member_json", "member_list", "promote_member", "remove_member"]
+
+_CODE_INVALID_ARGUMENT = 3
+_CODE_NOT_FOUND = 5
+_CODE_FAILED_PRECONDITION = 9
+_CODE_UNAVAILABLE = 14
+
+
+class MemberError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def member_json(info: MemberInfo, *, learner: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"ID": str(info.id), "name": info.name, "peerURLs": [info.peer_url] if info.peer_url else []}
+    if info.client_urls:
+        out["clientURLs"] = list(info.client_urls)
+    if learner:
+        out["isLearner"] = True
+    return out
+
+
+def member_list(node: Node) -> list[dict[str, Any]]:
+    learners = node.rawnode.conf_state().learners
+    return [member_json(info, learner=nid in learners) for nid, info in node.members().items()]
+
+
+def _member_id(body: Mapping[str, Any]) -> int:
+    raw = body.get("ID", body.get("id"))
+    try:
+        value = int(raw) if isinstance(raw, (int, str)) and not isinstance(raw, bool) else -1
+    except ValueError:
+        value = -1
+    if not 0 < value < 2**64:
+        raise MemberError(_CODE_INVALID_ARGUMENT, "etcdserver: member ID must be a positive integer")
+    return value
+
+
+async def _conf_change(coro: Any) -> None:
+    try:
+        await coro
+    except NotLeader as exc:
+        if exc.leader_hint == 0:
+            raise MemberError(_CODE_UNAVAILABLE, "etcdserver: no leader") from None
+        raise
+    except ProposalDropped:
+        raise MemberError(_CODE_UNAVAILABLE, "etcdserver: leader changed") from None
+
+
+async def add_member(node: Node, body: Mapping[str, Any]) -> dict[str, Any]:
+    urls = body.get("peerURLs", body.get("peer_urls"))
+    name = body.get("name")
+    learner = body.get("isLearner", body.get("is_learner", False))
+    if not isinstance(urls, list) or len(urls) != 1 or not isinstance(urls[0], str) or not urls[0]:
+        raise MemberError(_CODE_INVALID_ARGUMENT, "etcdserver: member add needs exactly one peer URL in peerURLs")
+    if not isinstance(name, str) or not name:
+        raise MemberError(_CODE_INVALID_ARGUMENT, "kvdisco: member add needs the new member's name (its --name)")
+    if not isinstance(learner, bool):
+        raise MemberError(_CODE_INVALID_ARGUMENT, "etcdserver: isLearner must be a boolean")
+    info = MemberInfo(member_id(name), name, urls[0])
+    current = node.members()
+    if info.id in current:
+        raise MemberError(_CODE_FAILED_PRECONDITION, "etcdserver: member ID already exist")
+    if any(m.peer_url == info.peer_url for m in current.values()):
+        raise MemberError(_CODE_FAILED_PRECONDITION, "etcdserver: Peer URLs already exists")
+    await _conf_change(node.add_member(info, learner=learner))
+    return member_json(info, learner=learner)
+
+
+async def remove_member(node: Node, body: Mapping[str, Any]) -> None:
+    nid = _member_id(body)
+    if nid not in node.members():
+        raise MemberError(_CODE_NOT_FOUND, "etcdserver: member not found")
+    await _conf_change(node.remove_member(nid))
+
+
+async def promote_member(node: Node, body: Mapping[str, Any]) -> None:
+    nid = _member_id(body)
+    if nid not in node.members():
+        raise MemberError(_CODE_NOT_FOUND, "etcdserver: member not found")
+    if nid not in node.rawnode.conf_state().learners:
+        raise MemberError(_CODE_FAILED_PRECONDITION, "etcdserver: can only promote a learner member")
+    if not node.is_leader:
+        raise (
+            NotLeader(node.leader_id, None)
+            if node.leader_id
+            else MemberError(_CODE_UNAVAILABLE, "etcdserver: no leader")
+        )
+    try:
+        await _conf_change(node.promote_member(nid))
+    except RaftError as exc:
+        if isinstance(exc, NotLeader):
+            raise
+        raise MemberError(
+            _CODE_FAILED_PRECONDITION,
+            f"etcdserver: can only promote a learner member which is in sync with leader ({exc})",
+        ) from None

@@ -1,0 +1,72 @@
+"""Prometheus metrics of one member, served at ``/metrics``.
+
+Gauges and counters are read from the node, store and watch hub when scraped, so the hot path
+pays nothing for them; only request latency is observed per request (one histogram per route).
+Each app has its own registry: no process-global state, so tests can run several members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from kvdisco.api.backend import Backend
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _MemberCollector(Collector):
+    def __init__(self, backend: Backend) -> None:
+        self._b = backend
+
+    def collect(self) -> Iterator[Metric]:
+        b = self._b
+        node = b.node
+        m = node.metrics
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=value)
+
+        yield gauge("kvdisco_raft_term", "Current Raft term.", node.term)
+        yield gauge("kvdisco_raft_commit_index", "Highest log index known committed.", node.commit_index)
+        yield gauge("kvdisco_raft_applied_index", "Highest log index applied to the store.", node.applied_index)
+        yield gauge("kvdisco_raft_is_leader", "1 when this member leads.", 1.0 if node.is_leader else 0.0)
+        yield gauge("kvdisco_raft_has_leader", "1 when a leader is known.", 1.0 if node.leader_id else 0.0)
+        yield counter("kvdisco_raft_proposals_committed", "Proposals applied.", m["proposals_committed"])
+        yield counter("kvdisco_raft_proposals_failed", "Proposals dropped or refused.", m["proposals_failed"])
+        yield counter("kvdisco_wal_fsyncs", "WAL fsync calls.", m["fsyncs"])
+        yield counter("kvdisco_wal_fsync_seconds", "Seconds spent in WAL fsync.", m["fsync_seconds_total"])
+        yield counter("kvdisco_raft_snapshots_taken", "Snapshots written.", m["snapshots_taken"])
+        yield counter(
+            "kvdisco_raft_snapshots_received", "Snapshots installed from the leader.", m["snapshots_received"]
+        )
+        yield gauge("kvdisco_mvcc_revision", "Store revision.", b.store.revision)
+        yield gauge("kvdisco_mvcc_compact_revision", "Revision the store is compacted to.", b.store.compact_revision)
+        stats = b.hub.stats()
+        yield gauge("kvdisco_watchers", "Open watchers.", stats.watchers)
+        yield gauge("kvdisco_watchers_unsynced", "Watchers catching up from history.", stats.unsynced)
+        yield gauge("kvdisco_leases", "Existing leases.", len(b.store.leases()))
+
+
+class Metrics:
+    def __init__(self, backend: Backend) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_MemberCollector(backend))
+        self.request_seconds = Histogram(
+            "kvdisco_http_request_duration_seconds",
+            "HTTP request latency by route (streams: until the response starts).",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
