@@ -52,9 +52,6 @@ log = logging.getLogger("kvdisco.backend")
 
 CODE_UNAVAILABLE = 14
 
-#: Seconds a computed store size is reused by maintenance/status.
-DB_SIZE_CACHE_S = 30.0
-
 
 class RequestFailed(Exception):
     """A request that failed for a reason other than the store's rules; ``code`` is gRPC's."""
@@ -234,6 +231,8 @@ class Backend:
     # -- leases ---------------------------------------------------------------------------------------------------
 
     async def lease_grant(self, grant: LeaseGrant) -> LeaseGrantResult:
+        # A new leader's clock must run before the grant applies, or the lease would count from promotion.
+        self._sync_leadership()
         result: LeaseGrantResult = await self.write(grant)
         return result
 
@@ -344,10 +343,12 @@ class Backend:
     # -- membership -----------------------------------------------------------------------------------------------
 
     def _db_size(self) -> int:
-        """The store's size, recomputed at most every DB_SIZE_CACHE_S: counting is O(history)."""
+        """The store's size. Counting is O(history), so a count is reused for 100 times as long as it took."""
         now = time.monotonic()
-        if self._db_size_cache is None or now - self._db_size_cache[0] > DB_SIZE_CACHE_S:
-            self._db_size_cache = (now, self.store.approximate_bytes())
+        if self._db_size_cache is None or now > self._db_size_cache[0]:
+            size = self.store.approximate_bytes()
+            took = time.monotonic() - now
+            self._db_size_cache = (now + 100 * took, size)
         return self._db_size_cache[1]
 
     def status(self) -> dict[str, Any]:

@@ -44,13 +44,17 @@ _MEMBER = {
 }
 
 
+#: What :func:`kvdisco.api.v1._flag` takes: true/1/yes, false/0/no or empty (false), in any case.
+_BOOL_PATTERN = "^(|[01]|[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo])$"
+
+
 def _bool_param(name: str, doc: str) -> dict[str, Any]:
     return {
         "name": name,
         "in": "query",
         "required": False,
-        "description": doc,
-        "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+        "description": f"{doc}: true, 1 or yes; false, 0, no or empty (any case)",
+        "schema": {"type": "string", "pattern": _BOOL_PATTERN},
     }
 
 
@@ -87,6 +91,27 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): {"description": "error", "content": _json_content(_ERROR)} for s in statuses}
 
+
+_HEX_ID = {"type": "string", "description": "member id, hexadecimal; empty when none"}
+_RAFT_STATUS = {
+    "type": "object",
+    "required": ["id", "name", "role", "term", "leader", "vote", "commit", "applied", "voters", "learners", "revision"],
+    "properties": {
+        "id": _HEX_ID,
+        "name": {"type": "string"},
+        "role": {"type": "string"},
+        "term": {"type": "integer"},
+        "leader": _HEX_ID,
+        "vote": _HEX_ID,
+        "commit": {"type": "integer"},
+        "applied": {"type": "integer"},
+        "voters": {"type": "array", "items": _HEX_ID},
+        "learners": {"type": "array", "items": _HEX_ID},
+        "progress": {"type": "object", "description": "per peer (hexadecimal id), on the leader only"},
+        "revision": {"type": "integer"},
+        "compact_revision": {"type": "integer"},
+    },
+}
 
 _MEMBERS = {"type": "array", "items": _MEMBER}
 _MEMBERS_BODY = {"type": "object", "required": ["members"], "properties": {"members": _MEMBERS}}
@@ -219,7 +244,11 @@ OPENAPI: dict[str, Any] = {
                             "required": ["name", "peer_url"],
                             "properties": {
                                 "name": {"type": "string", "minLength": 1},
-                                "peer_url": {"type": "string"},
+                                "peer_url": {
+                                    "type": "string",
+                                    "pattern": "^https?://[^/]+:[0-9]+/?$",
+                                    "description": "the new member's --listen-peer-urls, http(s)://host:port",
+                                },
                                 "learner": {"type": "boolean"},
                             },
                         }
@@ -263,7 +292,7 @@ OPENAPI: dict[str, Any] = {
         "/v1/raft/status": {
             "get": {
                 "summary": "This member's Raft state: term, leader, indexes, peers' progress (on the leader)",
-                "responses": {"200": {"description": "status", "content": _json_content({"type": "object"})}},
+                "responses": {"200": {"description": "status", "content": _json_content(_RAFT_STATUS)}},
             },
         },
         "/v1/snapshot": {

@@ -10,6 +10,7 @@ the leader either (leadership moved meanwhile), the client gets "no leader" and 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -24,7 +25,7 @@ from kvdisco.api.backend import CODE_UNAVAILABLE, Backend, RequestFailed
 from kvdisco.api.members import MemberError, add_member, member_list, promote_member, remove_member
 from kvdisco.mvcc.errors import LeaseNotFoundError, MvccError
 from kvdisco.mvcc.limits import REQUEST_BYTES_MAX
-from kvdisco.mvcc.watch import Watcher
+from kvdisco.mvcc.watch import Watcher, WatchResponse
 from kvdisco.raft import NotLeader
 
 __all__ = ["BACKEND_KEY", "FORWARD_HEADER", "FORWARD_SESSION_KEY", "add_routes"]
@@ -42,6 +43,9 @@ FORWARD_TIMEOUT_S = 10.0
 
 #: Version reported by maintenance/status: the etcd API level kvdisco speaks, and kvdisco's own.
 SERVER_VERSION = "3.4.0-kvdisco"
+
+#: Bytes of snapshot per streamed maintenance/snapshot message (before base64).
+SNAPSHOT_CHUNK_BYTES = 256 * 1024
 
 V3Handler = Callable[[web.Request, Backend, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -204,6 +208,31 @@ async def cluster_member_promote(request: web.Request, b: Backend, body: dict[st
     return {"header": _member_header(b), "members": member_list(b.node)}
 
 
+async def maintenance_snapshot(request: web.Request) -> web.StreamResponse:
+    """The whole store (kvdisco's snapshot format) as of a linearizable point, as etcd streams it: base64 chunks."""
+    b = request.app[BACKEND_KEY]
+    try:
+        codec.parse_empty(codec.loads(await request.read()), "SnapshotRequest")
+        await b.read_barrier()
+    except codec.BadRequest as exc:
+        return error_response(exc.code, exc.message)
+    except RequestFailed as exc:
+        return error_response(exc.code, exc.message)
+    data = b.machine.snapshot()
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    hdr = _header(b)
+    for start in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
+        chunk = data[start : start + SNAPSHOT_CHUNK_BYTES]
+        result: dict[str, Any] = {"header": hdr, "blob": base64.b64encode(chunk).decode()}
+        remaining = len(data) - start - len(chunk)
+        if remaining:
+            result["remaining_bytes"] = str(remaining)
+        await resp.write(codec.dumps({"result": result}) + b"\n")
+    await resp.write_eof()
+    return resp
+
+
 # -- watch ------------------------------------------------------------------------------------------------------------
 
 
@@ -251,6 +280,8 @@ class _WatchStream:
         self._next_id = 0
         #: Stream-local watch id -> (hub watcher, the task that sends its responses).
         self._watchers: dict[int, tuple[Watcher, asyncio.Task[None]]] = {}
+        #: Responses taken from a watcher's queue and not yet written.
+        self._sending = 0
 
     async def send(self, result: dict[str, Any]) -> None:
         async with self._write_lock:
@@ -263,7 +294,7 @@ class _WatchStream:
         elif isinstance(req, codec.WatchCancel):
             await self._cancel(req.watch_id)
         else:
-            self.b.hub.progress([w.id for w, _ in self._watchers.values()])
+            await self._progress()
 
     async def _create(self, req: codec.WatchCreate) -> None:
         wid = req.watch_id if req.watch_id else self._next_id
@@ -280,33 +311,60 @@ class _WatchStream:
             )
             return
         self._next_id = max(self._next_id, wid) + 1
-        watcher = self.b.hub.watch(
-            req.key,
-            req.range_end,
-            start_revision=req.start_revision,
-            prev_kv=req.prev_kv,
-            filters=req.filters,
-            progress_notify=req.progress_notify,
-        )
+        try:
+            watcher = self.b.hub.watch(
+                req.key,
+                req.range_end,
+                start_revision=req.start_revision,
+                prev_kv=req.prev_kv,
+                filters=req.filters,
+                progress_notify=req.progress_notify,
+            )
+        except MvccError as exc:
+            # etcd answers a watch it cannot create (e.g. an empty range) with a created+canceled result.
+            await self.send(
+                codec.watch_response(_header(self.b), -1, (), created=True, canceled=True, cancel_reason=exc.message)
+            )
+            return
         await self.send(codec.watch_response(_header(self.b), wid, (), created=True))
         task = asyncio.ensure_future(self._pump(wid, watcher, req.prev_kv))
         self._watchers[wid] = (watcher, task)
 
+    async def _progress(self) -> None:
+        """A client's progress request. When nothing is pending on any of this stream's watchers, one
+        result with watch_id -1 (as etcd) says the stream has delivered everything up to its revision;
+        otherwise each synced watcher gets a progress result in its own order."""
+        hub = self.b.hub
+        idle = self._sending == 0 and all(
+            w.synced and w.next_revision > hub.notified_revision for w, _ in self._watchers.values()
+        )
+        if idle:
+            await self.send(codec.watch_response(_header(self.b, hub.notified_revision), -1, ()))
+        else:
+            hub.progress([w.id for w, _ in self._watchers.values()])
+
     async def _pump(self, wid: int, watcher: Watcher, prev_kv: bool) -> None:
-        async for wr in watcher:
-            await self.send(
-                codec.watch_response(
-                    _header(self.b, wr.revision),
-                    wid,
-                    wr.events,
-                    prev_kv=prev_kv,
-                    canceled=wr.canceled,
-                    compact_revision=wr.compact_revision,
-                    cancel_reason=wr.cancel_reason,
-                )
-            )
+        while (wr := await watcher.next()) is not None:
+            self._sending += 1  # taken from the queue, not yet written: a progress result must wait
+            try:
+                await self._send_result(wid, wr, prev_kv)
+            finally:
+                self._sending -= 1
             if wr.canceled:
                 break
+
+    async def _send_result(self, wid: int, wr: WatchResponse, prev_kv: bool) -> None:
+        await self.send(
+            codec.watch_response(
+                _header(self.b, wr.revision),
+                wid,
+                wr.events,
+                prev_kv=prev_kv,
+                canceled=wr.canceled,
+                compact_revision=wr.compact_revision,
+                cancel_reason=wr.cancel_reason,
+            )
+        )
 
     async def _cancel(self, wid: int) -> None:
         entry = self._watchers.pop(wid, None)
@@ -398,3 +456,4 @@ def add_routes(app: web.Application) -> None:
     for path, fn in routes.items():
         app.router.add_post(path, _handler(fn))
     app.router.add_post("/v3/watch", watch)
+    app.router.add_post("/v3/maintenance/snapshot", maintenance_snapshot)

@@ -54,7 +54,7 @@ from kvdisco.mvcc.kvstore import (
 )
 from kvdisco.mvcc.lessor import Lessor, keepalive
 from kvdisco.mvcc.machine import ApplyError, KVMachine
-from kvdisco.mvcc.watch import Watcher, WatchHub, WatchResponse, WatchStats
+from kvdisco.mvcc.watch import Watcher, WatchHub, WatchResponse, WatchStats, prefix_end
 
 __all__ = [
     "CompactResult",
@@ -103,6 +103,7 @@ __all__ = [
     "WatchResponse",
     "WatchStats",
     "Watcher",
+    "prefix_end",
     "ApplyError",
     "Command",
     "KVMachine",

@@ -509,7 +509,7 @@ class KVStore:
     ) -> PutResult:
         req = RequestPut(key, value, lease, prev_kv, ignore_value, ignore_lease)
         _check_put(req)
-        self._check_put_state(req)
+        self._check_put_state(req, lease_first=True)
         batch = _Batch(self._rev + 1)
         res = self._do_put(req, batch)
         self._commit(batch)
@@ -535,7 +535,7 @@ class KVStore:
         _check_intervals(req.failure)
         path: list[bool] = []
         self._compare_path(req, path)
-        self._check_path(req, iter(path))
+        self._check_path(req, path)
         batch = _Batch(self._rev + 1)
         res = self._do_txn(req, iter(path), batch)
         self._commit(batch)
@@ -594,9 +594,7 @@ class KVStore:
             return self._merge_events(self._keys[lo:hi], start_rev, end_rev)
         return self._log_events(key, range_end, a, b)
 
-    def events_between(
-        self, key: bytes, range_end: bytes, start_rev: int, end_rev: int, limit: int = 0
-    ) -> list[Event]:
+    def events_between(self, key: bytes, range_end: bytes, start_rev: int, end_rev: int, limit: int = 0) -> list[Event]:
         """:meth:`iter_events` as a list. ``limit`` > 0 stops at the first revision boundary at
         or after ``limit`` events: a revision's events are never split, so a list may be longer.
         """
@@ -635,9 +633,7 @@ class KVStore:
             yield _event_at(k, hist, bisect_left(hist, pos, key=_position_of))
 
     def _rebuild_log(self) -> None:
-        rows = sorted(
-            (m, s, key) for key, hist in self._history.items() for m, s, _ in hist if m > self._compact_rev
-        )
+        rows = sorted((m, s, key) for key, hist in self._history.items() for m, s, _ in hist if m > self._compact_rev)
         self._log_revs = array("q", [m for m, _, _ in rows])
         self._log_subs = array("q", [s for _, s, _ in rows])
         self._log_keys = [k for _, _, k in rows]
@@ -741,10 +737,14 @@ class KVStore:
         if 0 < revision < self._compact_rev:
             raise CompactedError(self._compact_rev)
 
-    def _check_put_state(self, req: RequestPut) -> None:
+    def _check_put_state(self, req: RequestPut, *, lease_first: bool = False) -> None:
+        """etcd checks a top-level put's lease before its key, and a txn's puts the other way round."""
+        lease_missing = self._lessor is not None and req.lease and req.lease not in self._lessor
+        if lease_first and lease_missing:
+            raise LeaseNotFoundError()
         if (req.ignore_value or req.ignore_lease) and self._get(req.key, self._rev) is None:
             raise KeyNotFoundError()
-        if self._lessor is not None and req.lease and req.lease not in self._lessor:
+        if lease_missing:
             raise LeaseNotFoundError()
 
     def _get(self, key: bytes, rev: int) -> KeyValue | None:
@@ -842,14 +842,19 @@ class KVStore:
             return c.target != CompareTarget.VALUE and _compare_kv(c, _ZERO_KV)
         return all(_compare_kv(c, kv) for kv in kvs)
 
-    def _check_path(self, txn: RequestTxn, path: Iterator[bool]) -> None:
-        """Check the ops that will run against the state before the txn (etcd's checkRequests)."""
+    def _check_path(self, txn: RequestTxn, path: list[bool]) -> None:
+        """Check the ops that will run against the state before the txn (etcd's checkRequests):
+        every put of the whole tree first, then every range, so the same error wins as in etcd."""
+        self._check_ops(txn, iter(path), puts=True)
+        self._check_ops(txn, iter(path), puts=False)
+
+    def _check_ops(self, txn: RequestTxn, path: Iterator[bool], *, puts: bool) -> None:
         for op in txn.success if next(path) else txn.failure:
             if isinstance(op, RequestTxn):
-                self._check_path(op, path)
-            elif isinstance(op, RequestPut):
+                self._check_ops(op, path, puts=puts)
+            elif puts and isinstance(op, RequestPut):
                 self._check_put_state(op)
-            elif isinstance(op, RequestRange):
+            elif not puts and isinstance(op, RequestRange):
                 self._check_read_rev(op.revision)
 
     def _do_txn(self, txn: RequestTxn, path: Iterator[bool], batch: _Batch) -> TxnResult:

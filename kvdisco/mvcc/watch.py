@@ -11,9 +11,12 @@ driven only by calls (no timers, no background tasks), so it is deterministic to
 * The apply loop calls :meth:`WatchHub.notify` after every write that produced events. Each
   *synced* watcher (one that has queued everything up to the last notified revision) whose
   range holds an event gets that revision's matching events appended to its queue as one
-  response. Matching costs a dict lookup per event for single-key watchers and a range check
-  per range watcher (with a sorted index of the events when a write has many), so a write
-  costs nothing for the many single-key watchers it does not touch.
+  response. Watchers with the same key and range are matched as one group. Per event, finding
+  them costs a dict lookup for single-key watches, one lookup per distinct prefix length for
+  prefix watches (``range_end == prefix_end(key)``, the usual range watch), and a comparison
+  per distinct other range (from-key, all keys, arbitrary ranges; with a sorted index of the
+  events when one write has many). So a write costs nothing for watchers it does not touch,
+  however many single-key and prefix watchers there are.
 * Each watcher's queue is bounded (``max_queue_events`` and ``max_queue_bytes``). A live
   response that would overflow a non-empty queue is not queued: the watcher becomes
   *unsynced* and stops receiving live events. Its memory is then bounded by its queue, however
@@ -21,8 +24,9 @@ driven only by calls (no timers, no background tasks), so it is deterministic to
   is never split, so one revision may alone exceed the bounds.)
 * When the consumer of an unsynced watcher finds its queue empty, the watcher reads the next
   chunk from store history (:meth:`KVStore.iter_events`) starting at its cursor, bounded by
-  ``max_response_events`` / ``max_response_bytes`` but ending on a revision boundary, and when
-  it reaches the last notified revision it is synced again. History is read only up to the last
+  ``max_response_events`` / ``max_response_bytes`` but ending on a revision boundary (a step
+  also stops after ``max_scan_events`` events, filtered out or not, so it never holds the event
+  loop long), and when it reaches the last notified revision it is synced again. History is read only up to the last
   notified revision, and live events are taken only above it, so the seam between catch-up and
   live delivery has no gap and no duplicate even if the store has applied a write whose
   ``notify`` has not come yet.
@@ -56,10 +60,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from kvdisco.mvcc.errors import CompactedError, EmptyKeyError, InvalidArgumentError
 from kvdisco.mvcc.kvstore import Event, EventType, KVStore
@@ -72,6 +77,7 @@ __all__ = [
     "WatchResponse",
     "WatchStats",
     "Watcher",
+    "prefix_end",
 ]
 
 FILTER_NOPUT = "NOPUT"
@@ -86,6 +92,17 @@ _EVENT_OVERHEAD_BYTES = 200
 
 #: A write with more events than this gets a sorted key index for matching range watchers.
 _SORTED_MATCH_MIN_EVENTS = 16
+
+#: Watchers with the same key and range end, by id: matched once per event for all of them.
+_Group = dict[int, "Watcher"]
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end of all keys starting with ``prefix`` (etcd's ``GetPrefixRangeEnd``)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return b"\0"
+    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +157,14 @@ def _event_bytes(ev: Event) -> int:
 
 def _strip(ev: Event) -> Event:
     return ev if ev.prev_kv is None else Event(ev.type, ev.kv, None)
+
+
+def _hit(hits: dict[int, tuple[_Group, list[Event]]], group: _Group, ev: Event) -> None:
+    entry = hits.get(id(group))
+    if entry is None:
+        hits[id(group)] = (group, [ev])
+    else:
+        entry[1].append(ev)
 
 
 class Watcher:
@@ -202,17 +227,23 @@ class Watcher:
         """Canceled, closed, or compacted with its cancel response already taken."""
         return self._done and not self._queue
 
+    @property
+    def catching_up(self) -> bool:
+        """Reading history: :meth:`poll` may return None and still have more to read."""
+        return not self._synced and not self._done
+
     def poll(self) -> WatchResponse | None:
-        """The next response if one is ready now (reading history when unsynced), else None."""
-        while True:
-            if self._queue:
-                item = self._queue.popleft()
-                self._queued_events -= item.events
-                self._queued_bytes -= item.nbytes
-                return item.resp
-            if self._done or self._synced:
-                return None
-            self._hub._catch_up(self)  # queues a response, ends the watcher or syncs it
+        """The next response if one is ready now, else None. An unsynced watcher reads one step
+        of history here: None then means "poll again" while :attr:`catching_up` holds (a step
+        of only filtered-out events queues nothing)."""
+        if not self._queue and self.catching_up:
+            self._hub._catch_up(self)
+        if self._queue:
+            item = self._queue.popleft()
+            self._queued_events -= item.events
+            self._queued_bytes -= item.nbytes
+            return item.resp
+        return None
 
     async def next(self) -> WatchResponse | None:
         """The next response, waiting for one; None once the watcher has ended."""
@@ -222,8 +253,11 @@ class Watcher:
                 return resp
             if self._done:
                 return None
-            self._wake.clear()
-            await self._wake.wait()
+            if self._synced:
+                self._wake.clear()
+                await self._wake.wait()
+            else:
+                await asyncio.sleep(0)  # a history step found nothing to send: let others run
 
     def __aiter__(self) -> Watcher:
         return self
@@ -235,8 +269,11 @@ class Watcher:
         return resp
 
     def cancel(self) -> None:
-        """Stop now: queued responses are dropped and iteration ends."""
+        """Stop now: queued responses are dropped and iteration ends. :attr:`next_revision`
+        stays where the consumer would resume."""
         self._hub._remove(self)
+        if self._queue:
+            self._cursor = self._queue[0].first_rev
         self._clear()
         self._wake.set()
 
@@ -245,11 +282,6 @@ class Watcher:
     def _clear(self) -> None:
         self._queue.clear()
         self._queued_events = self._queued_bytes = 0
-
-    def _matches(self, key: bytes) -> bool:
-        if not self.range_end:
-            return key == self.key
-        return self.key <= key and (self.range_end == b"\0" or key < self.range_end)
 
     def _wants(self, ev: Event) -> bool:
         return not (self._no_put if ev.type == EventType.PUT else self._no_delete)
@@ -278,21 +310,29 @@ class WatchHub:
         max_queue_bytes: int = 1 << 20,
         max_response_events: int = 256,
         max_response_bytes: int = 128 << 10,
+        max_scan_events: int = 10_000,
     ) -> None:
         """``max_queue_*`` bound what a watcher holds for its consumer before it falls back to
-        reading history; ``max_response_*`` bound one catch-up response from history. Both are
-        exceeded only by a single revision that alone is larger (revisions are never split)."""
-        if min(max_queue_events, max_queue_bytes, max_response_events, max_response_bytes) < 1:
+        reading history; ``max_response_*`` bound one catch-up response from history, and
+        ``max_scan_events`` the events (filtered out or not) one history step reads, so that a
+        step never holds the event loop long. All are exceeded only by a single revision that
+        alone is larger (revisions are never split)."""
+        if min(max_queue_events, max_queue_bytes, max_response_events, max_response_bytes, max_scan_events) < 1:
             raise ValueError("watch hub limits must be positive")
         self.store = store
         self.max_queue_events = max_queue_events
         self.max_queue_bytes = max_queue_bytes
         self.max_response_events = max_response_events
         self.max_response_bytes = max_response_bytes
+        self.max_scan_events = max_scan_events
         self._ids = itertools.count(1)
         self._watchers: dict[int, Watcher] = {}
-        self._by_key: dict[bytes, dict[int, Watcher]] = {}
-        self._ranges: dict[int, Watcher] = {}
+        # Where notify finds watchers: single keys by key, prefix ranges by prefix (an event key
+        # is looked up under each prefix length in use), other ranges by (key, range_end).
+        self._by_key: dict[bytes, _Group] = {}
+        self._by_prefix: dict[bytes, _Group] = {}
+        self._prefix_lens: list[int] = []
+        self._by_range: dict[tuple[bytes, bytes], _Group] = {}
         self._unsynced: dict[int, Watcher] = {}
         self._notified = store.revision
         self._closed = False
@@ -342,10 +382,9 @@ class WatchHub:
         start = start_revision or self.store.revision + 1
         w = Watcher(self, next(self._ids), key, range_end, start, prev_kv, filter_set, progress_notify)
         self._watchers[w.id] = w
-        if range_end:
-            self._ranges[w.id] = w
-        else:
-            self._by_key.setdefault(key, {})[w.id] = w
+        self._index_of(w).setdefault(self._index_key(w), {})[w.id] = w
+        if self._is_prefix(w) and len(key) not in self._prefix_lens:
+            insort(self._prefix_lens, len(key))
         if start > self._notified:
             w._synced = True
         else:
@@ -363,9 +402,10 @@ class WatchHub:
     def notify(self, revision: int, events: tuple[Event, ...]) -> None:
         """Deliver the events of the write that made ``revision`` (all of them, in apply order).
 
-        Cost: the single-key watchers of the events' keys, plus a check per range watcher. A
-        revision at or below the last notified one is ignored; one that skips revisions (a
-        missed notify) sends the synced watchers that needed them to history.
+        Cost per event: a dict lookup, one per prefix length in use, and a comparison per
+        distinct other range, plus the work for the watchers it matches. A revision at or
+        below the last notified one is ignored; one that skips revisions (a missed notify)
+        sends the synced watchers that needed them to history.
         """
         if revision <= self._notified or self._closed:
             return
@@ -376,43 +416,47 @@ class WatchHub:
         self._notified = revision
         if not events:
             return
-        matched: dict[int, tuple[Watcher, list[Event]]] = {}
-        by_key = self._by_key
-        if by_key:
-            for ev in events:
-                ws = by_key.get(ev.kv.key)
-                if ws:
-                    for w in ws.values():
-                        entry = matched.get(w.id)
-                        if entry is None:
-                            matched[w.id] = (w, [ev])
-                        else:
-                            entry[1].append(ev)
-        if self._ranges:
-            self._match_ranges(events, matched)
+        hits: dict[int, tuple[_Group, list[Event]]] = {}
+        by_key, by_prefix, lens = self._by_key, self._by_prefix, self._prefix_lens
+        for ev in events:
+            k = ev.kv.key
+            group = by_key.get(k)
+            if group is not None:
+                _hit(hits, group, ev)
+            for n in lens:
+                if n > len(k):
+                    break
+                group = by_prefix.get(k[:n])
+                if group is not None:
+                    _hit(hits, group, ev)
+        if self._by_range:
+            self._match_ranges(events, hits)
         stripped: dict[int, Event] = {}
-        for w, evs in matched.values():
-            if not w._synced or revision < w._cursor:
+        for group, evs in hits.values():
+            for w in group.values():
+                if w._synced and revision >= w._cursor:
+                    self._deliver(w, revision, evs, stripped)
+
+    def _deliver(self, w: Watcher, revision: int, evs: list[Event], stripped: dict[int, Event]) -> None:
+        out: list[Event] = []
+        nbytes = 0
+        for ev in evs:
+            if not w._wants(ev):
                 continue
-            out: list[Event] = []
-            nbytes = 0
-            for ev in evs:
-                if not w._wants(ev):
-                    continue
-                if not w.prev_kv and ev.prev_kv is not None:
-                    s = stripped.get(id(ev))
-                    if s is None:
-                        s = stripped[id(ev)] = _strip(ev)
-                    ev = s
-                out.append(ev)
-                nbytes += _event_bytes(ev)
-            if not out:
-                w._cursor = revision + 1
-            elif w._fits(len(out), nbytes):
-                w._push(WatchResponse(w.id, revision, tuple(out)), revision, nbytes)
-                w._cursor = revision + 1
-            else:
-                self._unsync(w, revision)
+            if not w.prev_kv and ev.prev_kv is not None:
+                s = stripped.get(id(ev))
+                if s is None:
+                    s = stripped[id(ev)] = _strip(ev)
+                ev = s
+            out.append(ev)
+            nbytes += _event_bytes(ev)
+        if not out:
+            w._cursor = revision + 1
+        elif w._fits(len(out), nbytes):
+            w._push(WatchResponse(w.id, revision, tuple(out)), revision, nbytes)
+            w._cursor = revision + 1
+        else:
+            self._unsync(w, revision)
 
     def progress(self, watch_ids: Iterable[int] | None = None) -> tuple[int, ...]:
         """Queue a progress response (no events, ``revision`` = last notified revision).
@@ -471,24 +515,34 @@ class WatchHub:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _match_ranges(self, events: tuple[Event, ...], matched: dict[int, tuple[Watcher, list[Event]]]) -> None:
+    def _match_ranges(self, events: tuple[Event, ...], hits: dict[int, tuple[_Group, list[Event]]]) -> None:
         if len(events) < _SORTED_MATCH_MIN_EVENTS:
-            for w in self._ranges.values():
-                if not w._synced:
-                    continue
-                evs = [ev for ev in events if w._matches(ev.kv.key)]
-                if evs:
-                    matched[w.id] = (w, evs)
+            for ev in events:
+                k = ev.kv.key
+                for (lo, hi), group in self._by_range.items():
+                    if lo <= k and (hi == b"\0" or k < hi):
+                        _hit(hits, group, ev)
             return
         order = sorted(range(len(events)), key=lambda i: events[i].kv.key)
         keys = [events[i].kv.key for i in order]
-        for w in self._ranges.values():
-            if not w._synced:
-                continue
-            lo = bisect_left(keys, w.key)
-            hi = len(keys) if w.range_end == b"\0" else bisect_left(keys, w.range_end)
-            if lo < hi:
-                matched[w.id] = (w, [events[i] for i in sorted(order[lo:hi])])
+        for (lo, hi), group in self._by_range.items():
+            a = bisect_left(keys, lo)
+            b = len(keys) if hi == b"\0" else bisect_left(keys, hi)
+            if a < b:
+                hits[id(group)] = (group, [events[i] for i in sorted(order[a:b])])
+
+    @staticmethod
+    def _is_prefix(w: Watcher) -> bool:
+        return bool(w.range_end) and w.range_end != b"\0" and w.range_end == prefix_end(w.key)
+
+    def _index_of(self, w: Watcher) -> dict[Any, _Group]:
+        if not w.range_end:
+            return self._by_key
+        return self._by_prefix if self._is_prefix(w) else self._by_range
+
+    @staticmethod
+    def _index_key(w: Watcher) -> Any:
+        return (w.key, w.range_end) if w.range_end and not WatchHub._is_prefix(w) else w.key
 
     def _unsync(self, w: Watcher, cursor: int) -> None:
         w._cursor = cursor
@@ -499,22 +553,24 @@ class WatchHub:
     def _remove(self, w: Watcher) -> None:
         if w._done:
             return
+        if w._synced:
+            w._cursor = max(w._cursor, self._notified + 1)
         w._done = True
         w._synced = False
         self._watchers.pop(w.id, None)
         self._unsynced.pop(w.id, None)
-        if w.range_end:
-            self._ranges.pop(w.id, None)
-        else:
-            ws = self._by_key.get(w.key)
-            if ws is not None:
-                ws.pop(w.id, None)
-                if not ws:
-                    del self._by_key[w.key]
+        index, key = self._index_of(w), self._index_key(w)
+        group = index[key]
+        del group[w.id]
+        if not group:
+            del index[key]
+            if index is self._by_prefix and not any(len(p) == len(w.key) for p in index):
+                self._prefix_lens.remove(len(w.key))
 
     def _catch_up(self, w: Watcher) -> None:
-        """Queue the next chunk of history for an unsynced watcher with an empty queue, or sync
-        it when there is none, or cancel it when its cursor was compacted."""
+        """One history step of an unsynced watcher with an empty queue: queue the next chunk
+        (if any events pass its filters), sync it when it reaches the notified revision, or
+        cancel it when its cursor was compacted."""
         store, end = self.store, self._notified
         if w._cursor > end:
             w._synced = True
@@ -527,16 +583,20 @@ class WatchHub:
             w._push(resp, w._cursor, 0)
             return
         out: list[Event] = []
-        nbytes = 0
-        last_rev = 0
+        nbytes = scanned = last_rev = 0
         next_rev = end + 1
         for ev in store.iter_events(w.key, w.range_end, w._cursor, end):
             rev = ev.kv.mod_revision
             if rev != last_rev:
-                if len(out) >= self.max_response_events or nbytes >= self.max_response_bytes:
+                if (
+                    len(out) >= self.max_response_events
+                    or nbytes >= self.max_response_bytes
+                    or scanned >= self.max_scan_events
+                ):
                     next_rev = rev
                     break
                 last_rev = rev
+            scanned += 1
             if not w._wants(ev):
                 continue
             if not w.prev_kv:

@@ -384,9 +384,20 @@ class Node:
         if node_id not in self.rawnode.conf_state().learners:
             raise RaftError(f"member {node_id:x} is not a learner")
         rs = self.rawnode.raft
-        pr = rs.prs.get(node_id) if rs.role == StateRole.LEADER else None
-        if pr is not None and pr.match + limits.LEARNER_CATCHUP_ENTRIES_MAX < rs.log.last_index():
-            raise RaftError(f"learner {node_id:x} has not caught up yet (match {pr.match}, last {rs.log.last_index()})")
+        if rs.role != StateRole.LEADER:
+            raise self._not_leader()
+        pr = rs.prs.get(node_id)
+        last = rs.log.last_index()
+        # As etcd: a learner must have answered the leader and be close to its log, or promoting it could cost
+        # the cluster its quorum (a voter that never caught up counts toward the majority but cannot ack).
+        if (
+            pr is None
+            or pr.match == 0
+            or pr.match + limits.LEARNER_CATCHUP_ENTRIES_MAX < last
+            or pr.match * 10 < last * 9
+        ):
+            match = pr.match if pr is not None else 0
+            raise RaftError(f"learner {node_id:x} has not caught up yet (match {match}, last {last})")
         ctx = info.encode() if info else b""
         return await self._propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, node_id, ctx))
 
