@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from kvdisco.raft import NotLeader, ProposalDropped, RaftError
 from kvdisco.raft.node import MemberInfo, Node, member_id
@@ -42,6 +43,15 @@ def member_list(node: Node) -> list[dict[str, Any]]:
     return [member_json(info, learner=nid in learners) for nid, info in node.members().items()]
 
 
+def _valid_peer_url(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port is not None and not parts.path.strip("/")
+
+
 def _member_id(body: Mapping[str, Any]) -> int:
     raw = body.get("ID", body.get("id"))
     try:
@@ -70,6 +80,8 @@ async def add_member(node: Node, body: Mapping[str, Any]) -> dict[str, Any]:
     learner = body.get("isLearner", body.get("is_learner", False))
     if not isinstance(urls, list) or len(urls) != 1 or not isinstance(urls[0], str) or not urls[0]:
         raise MemberError(_CODE_INVALID_ARGUMENT, "etcdserver: member add needs exactly one peer URL in peerURLs")
+    if not _valid_peer_url(urls[0]):
+        raise MemberError(_CODE_INVALID_ARGUMENT, f"etcdserver: invalid peer URL {urls[0]!r}: want http://host:port")
     if not isinstance(name, str) or not name:
         raise MemberError(_CODE_INVALID_ARGUMENT, "kvdisco: member add needs the new member's name (its --name)")
     if not isinstance(learner, bool):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ __all__ = ["add_routes"]
 
 _CODE_INVALID_ARGUMENT = 3
 _CODE_NOT_FOUND = 5
+
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}", re.ASCII)
 
 _TRUE = ("1", "true", "yes")
 _FALSE = ("", "0", "false", "no")
@@ -59,10 +62,9 @@ def _flag(request: web.Request, name: str) -> bool:
 
 def _int(request: web.Request, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
     raw = request.query.get(name, "0")
-    try:
-        value = int(raw, 0)
-    except ValueError:
-        raise _BadParam(f"kvdisco: query parameter {name} must be an integer, got {raw!r}") from None
+    if not _DECIMAL.fullmatch(raw):
+        raise _BadParam(f"kvdisco: query parameter {name} must be a decimal integer, got {raw!r}")
+    value = int(raw)
     if not lo <= value <= hi:
         raise _BadParam(f"kvdisco: query parameter {name} must be in [{lo}, {hi}], got {value}")
     return value
@@ -154,8 +156,10 @@ async def _forward(request: web.Request, b: Backend, exc: NotLeader) -> web.Resp
     try:
         async with session.request(request.method, url, data=await request.read(), headers=headers) as resp:
             return web.Response(status=resp.status, body=await resp.read(), content_type=resp.content_type)
+    except aiohttp.ClientConnectorError:
+        return _error(14, "etcdserver: no leader")  # nothing was sent, so nothing was applied
     except (aiohttp.ClientError, TimeoutError):
-        return _error(14, "etcdserver: leader unreachable, retry")
+        return _error(14, "etcdserver: request timed out")
 
 
 # -- kv ---------------------------------------------------------------------------------------------------------------
@@ -257,9 +261,11 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 async def post_member(request: web.Request, b: Backend) -> web.StreamResponse:
     body = await _json_body(request)
     peer = body.get("peer_url")
+    if not isinstance(peer, str):
+        raise _BadParam("kvdisco: peer_url must be a string, e.g. http://10.0.0.4:2380")
     req = {
         "name": body.get("name"),
-        "peerURLs": [peer] if isinstance(peer, str) else peer,
+        "peerURLs": [peer],
         "isLearner": body.get("learner", True),
     }
     member = await add_member(b.node, req)
@@ -315,10 +321,11 @@ async def openapi(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/v1/openapi.json", openapi)
-    r.add_get("/v1/kv/{key:.+}", _handler(get_kv))
-    r.add_put("/v1/kv/{key:.+}", _handler(put_kv))
-    r.add_delete("/v1/kv/{key:.+}", _handler(delete_kv))
-    r.add_get("/v1/watch/{key:.+}", _handler(watch_kv))
+    # [\s\S]: a key may hold any byte, newlines included (`.` would not match them).
+    r.add_get("/v1/kv/{key:[\\s\\S]+}", _handler(get_kv))
+    r.add_put("/v1/kv/{key:[\\s\\S]+}", _handler(put_kv))
+    r.add_delete("/v1/kv/{key:[\\s\\S]+}", _handler(delete_kv))
+    r.add_get("/v1/watch/{key:[\\s\\S]+}", _handler(watch_kv))
     r.add_get("/v1/members", _handler(list_members))
     r.add_post("/v1/members", _handler(post_member))
     r.add_delete("/v1/members/{id}", _handler(delete_member))

@@ -228,9 +228,7 @@ class Node:
         )
         await self._transport.start()
         for m in self._members.values():
-            if m.id != self.id and m.peer_url:
-                self._transport.set_peer(m.id, *m.peer_host_port())
-                self._transport.greet(m.id)  # every member learns our client URLs, not only the leader
+            self._dial(m)
         self._tasks = [
             asyncio.create_task(self._run(), name=f"raft-loop-{cfg.name}"),
             asyncio.create_task(self._ticker(), name=f"raft-tick-{cfg.name}"),
@@ -626,10 +624,23 @@ class Node:
             return
         if cc.context:
             self._learn_member(MemberInfo.decode(cc.node_id, cc.context))
-            info = self._members[cc.node_id]
-            if transport is not None and cc.node_id != self.id and info.peer_url:
-                transport.set_peer(cc.node_id, *info.peer_host_port())
-                transport.greet(cc.node_id)
+            self._dial(self._members[cc.node_id])
+
+    def _dial(self, info: MemberInfo) -> None:
+        """Point the transport at a member and greet it, so every member learns our client URLs.
+
+        A peer URL that does not parse (the log is replicated data: it must never stop a node) is logged
+        and the member stays unreachable until a membership change fixes it.
+        """
+        if self._transport is None or info.id == self.id or not info.peer_url:
+            return
+        try:
+            host, port = info.peer_host_port()
+        except ValueError:
+            log.error("member %x has an unusable peer URL %r; not dialling it", info.id, info.peer_url)
+            return
+        self._transport.set_peer(info.id, host, port)
+        self._transport.greet(info.id)
 
     def _release_reads(self) -> None:
         if not self._reads_waiting_apply:
@@ -683,8 +694,7 @@ class Node:
             raise InvariantViolation(f"snapshot does not decode: {exc}") from exc
         for nid, info in members.items():
             self._learn_member(MemberInfo.decode(nid, info))
-            if self._transport is not None and nid != self.id and self._members[nid].peer_url:
-                self._transport.set_peer(nid, *self._members[nid].peer_host_port())
+            self._dial(self._members[nid])
         self.sm.restore(sm_data)
 
     def _send_all(self, msgs: list[Message]) -> None:

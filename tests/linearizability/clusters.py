@@ -225,7 +225,7 @@ class EtcdCluster(ProcessCluster):
 
 
 class KvdiscoCluster(ProcessCluster):
-    """`kvdisco serve` members with the same etcd-style flags. Untested until kvdisco's /v3 gateway lands."""
+    """`kvdisco serve` members with the same etcd-style flags."""
 
     def command(self, m: MemberSpec) -> list[str]:
         return [

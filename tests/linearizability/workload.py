@@ -24,7 +24,8 @@ a concurrent history taken while members die and stall. This module:
        reproduces the final read.
 
 Outcome rules for requests (what the client knows):
-- connection refused: the request never left, so the op is dropped;
+- connection refused, or an answer of code 14 "etcdserver: no leader" (given before proposing, by
+  etcd and kvdisco alike): the write never happened, so the op is dropped;
 - any other error, timeout or non-200 answer to a write: indeterminate
   (return time +inf: it may take effect at any later time, or never);
 - a read that failed had no effect, so it is dropped.
@@ -118,11 +119,22 @@ class Failed(Exception):
     """The request may or may not have reached the server; nothing is known about its effect."""
 
 
+def _not_applied(text: str) -> bool:
+    """etcd and kvdisco both answer "no leader" (code 14) only before proposing: such a write never happened."""
+    try:
+        err = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(err, dict) and err.get("code") == 14 and err.get("message") == "etcdserver: no leader"
+
+
 async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     try:
         async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
             text = await r.text()
             if r.status != 200:
+                if _not_applied(text):
+                    raise Refused(f"HTTP {r.status}: {text[:200]}")
                 raise Failed(f"HTTP {r.status}: {text[:200]}")
             out: dict[str, Any] = json.loads(text)
             return out
