@@ -127,7 +127,7 @@ class Backend:
 
     @property
     def cluster_id(self) -> int:
-        return self.node.config.cluster_id
+        return self.node.cluster_id
 
     @property
     def member_id(self) -> int:

@@ -1,16 +1,18 @@
 """Prometheus metrics of one member, served at ``/metrics``.
 
 Gauges and counters are read from the node, store and watch hub when scraped, so the hot path
-pays nothing for them; only request latency is observed per request (one histogram per route).
+pays nothing for them; only request latency is observed per request, into a plain per-route
+bucket array (the event loop is its only writer, so it needs none of prometheus_client's locks).
 Each app has its own registry: no process-global state, so tests can run several members.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kvdisco.api.backend import Backend
@@ -56,17 +58,41 @@ class _MemberCollector(Collector):
         yield gauge("kvdisco_leases", "Existing leases.", len(b.store.leases()))
 
 
+class RequestLatency(Collector):
+    """``kvdisco_http_request_duration_seconds{route}``: counts per bucket, kept as plain lists."""
+
+    def __init__(self) -> None:
+        #: Route -> [count per bucket (the last one is +Inf)..., sum of seconds].
+        self._routes: dict[str, list[float]] = {}
+
+    def observe(self, route: str, seconds: float) -> None:
+        h = self._routes.get(route)
+        if h is None:
+            h = self._routes[route] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+        h[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        h[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "kvdisco_http_request_duration_seconds",
+            "HTTP request latency by route (streams: until the response starts).",
+            labels=["route"],
+        )
+        for route, h in sorted(self._routes.items()):
+            cumulative, buckets = 0.0, []
+            for bound, n in zip([*map(str, _LATENCY_BUCKETS), "+Inf"], h[:-1], strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            family.add_metric([route], buckets, h[-1])
+        yield family
+
+
 class Metrics:
     def __init__(self, backend: Backend) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_MemberCollector(backend))
-        self.request_seconds = Histogram(
-            "kvdisco_http_request_duration_seconds",
-            "HTTP request latency by route (streams: until the response starts).",
-            ["route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.request_seconds = RequestLatency()
+        self.registry.register(self.request_seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

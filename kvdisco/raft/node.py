@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import logging
 import os
@@ -62,6 +63,9 @@ READ_TIMEOUT_S = 5.0
 #: Applied entries between two automatic snapshots (etcd's --snapshot-count defaults to 100,000;
 #: a Python node replays more slowly, so it snapshots more often).
 SNAPSHOT_ENTRIES = 20_000
+
+#: File in the data dir holding the cluster id (hex), written once, when the member first knows it.
+CLUSTER_ID_FILE = "cluster_id"
 
 
 class StateMachine(Protocol):
@@ -131,7 +135,7 @@ class NodeConfig:
     def node_id(self) -> int:
         return member_id(self.name)
 
-    @property
+    @functools.cached_property
     def cluster_id(self) -> int:
         """Nodes bootstrapped from different initial clusters must never talk: their logs differ at index 1."""
         text = ",".join(f"{n}={u}" for n, u in sorted(self.initial_cluster.items()))
@@ -156,6 +160,9 @@ class Node:
     ) -> None:
         self.config = config
         self.id = config.node_id
+        #: The cluster this member belongs to: from the data dir, else derived from the initial cluster when
+        #: bootstrapping, else (joining) learnt from the first member that contacts us; 0 until known.
+        self.cluster_id = 0
         self.sm = state_machine
         self._on_leader_change = on_leader_change
         self._storage: DiskStorage | None = None
@@ -195,6 +202,14 @@ class Node:
         fresh = storage.hard_state == HardState() and not storage.entries and storage.snapshot.index == 0
         if fresh and not cfg.join:
             await loop.run_in_executor(self._io, self._bootstrap)
+        known = await loop.run_in_executor(self._io, self._read_cluster_id)
+        if known is not None:
+            self.cluster_id = known
+        elif fresh and cfg.join:
+            self.cluster_id = 0  # learnt from the first member that contacts us (see _adopt_cluster_id)
+        else:
+            self.cluster_id = cfg.cluster_id
+            await loop.run_in_executor(self._io, self._write_cluster_id, self.cluster_id)
         for name, url in cfg.initial_cluster.items():
             nid = member_id(name)
             self._members.setdefault(nid, MemberInfo(nid, name, url))
@@ -216,13 +231,14 @@ class Node:
         host, port = parse_host_port(cfg.peer_url)
         self._transport = PeerTransport(
             self.id,
-            cfg.cluster_id,
+            self.cluster_id,
             host,
             port,
             on_message=self._on_peer_message,
             on_unreachable=self._on_unreachable,
             on_snapshot_status=self._on_snapshot_status,
             on_peer_hello=self._on_peer_hello,
+            on_cluster_id=self._adopt_cluster_id,
             hello_meta=MemberInfo(self.id, cfg.name, cfg.peer_url, cfg.client_urls).encode(),
             logger=logging.getLogger("kvdisco.raft.transport"),
         )
@@ -235,6 +251,39 @@ class Node:
         ]
         self._wake.set()
         log.info("raft node %s (%x) started: %s", cfg.name, self.id, self._rn.status())
+
+    def _read_cluster_id(self) -> int | None:
+        try:
+            text = (self.config.data_dir / CLUSTER_ID_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
+        try:
+            return int(text, 16)
+        except ValueError:
+            raise RaftError(f"{self.config.data_dir / CLUSTER_ID_FILE}: not a cluster id: {text[:40]!r}") from None
+
+    def _write_cluster_id(self, cluster_id: int) -> None:
+        """Temp file, fsync, rename: a member must never forget which cluster it belongs to."""
+        path = self.config.data_dir / CLUSTER_ID_FILE
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{cluster_id:x}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(self.config.data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _adopt_cluster_id(self, cluster_id: int) -> None:
+        """A joining member heard its cluster's id from a member's HELLO: keep it for every restart."""
+        log.info("member %s joined cluster %x", self.config.name, cluster_id)
+        self.cluster_id = cluster_id
+        self._io.submit(self._write_cluster_id, cluster_id)
+        for m in self._members.values():
+            self._dial(m)
 
     def _bootstrap(self) -> None:
         """A new cluster: every initial member writes the same first entries, one ADD_VOTER per member."""
@@ -419,10 +468,8 @@ class Node:
         self._read_batch.append(fut)
         if len(self._read_batch) == 1:
             asyncio.get_running_loop().call_soon(self._issue_read)
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), READ_TIMEOUT_S)
-        except TimeoutError:
-            raise ProposalDropped("read index round timed out (leader change?); retry") from None
+        # One timer per batch (see _issue_read), not one per caller: reads are the hot path.
+        return await fut
 
     # -- input from the loop -----------------------------------------------------------------------------------------
 
@@ -430,6 +477,7 @@ class Node:
         batch, self._read_batch = self._read_batch, []
         if not batch:
             return
+        asyncio.get_running_loop().call_later(READ_TIMEOUT_S, self._expire_reads, batch)
         self._read_seq += 1
         ctx = self._read_seq.to_bytes(8, "big")
         try:
@@ -441,6 +489,12 @@ class Node:
             return
         self._reads[ctx] = batch
         self._poke()
+
+    @staticmethod
+    def _expire_reads(batch: list[asyncio.Future[int]]) -> None:
+        for f in batch:
+            if not f.done():
+                f.set_exception(ProposalDropped("read index round timed out (leader change?); retry"))
 
     def _poke(self) -> None:
         self._wake.set()

@@ -133,6 +133,8 @@ class _InboundDecoder:
         self.peer_id = 0
         #: The sender's self-description from its HELLO (opaque to the transport).
         self.peer_meta = b""
+        #: The cluster id the sender named, when ours was still unknown (0): the transport adopts it.
+        self.peer_cluster_id = 0
         self._buf = bytearray()
         self._pos = 0  # start of the first unparsed frame in _buf
         # The snapshot being reassembled, if _snap_msg is not None.
@@ -184,6 +186,9 @@ class _InboundDecoder:
         frm, meta = obj[3], obj.pop()
         if type(meta) is not bytes:
             raise ProtocolError("HELLO member description is not bytes")
+        if self._cluster_id == 0 and type(obj[2]) is int and 0 < obj[2] < 2**64:
+            self.peer_cluster_id = obj[2]  # a member joining a cluster learns its id from the first HELLO
+            obj[2] = 0
         if obj != [_MAGIC, _VERSION, self._cluster_id, frm, self._node_id] or type(frm) is not int or frm <= 0:
             raise ProtocolError(f"HELLO {obj!r:.200} is not for node {self._node_id} of cluster {self._cluster_id}")
         if frm == self._node_id:
@@ -260,6 +265,7 @@ class PeerTransport:
         on_unreachable: Callable[[int], None] = lambda _id: None,
         on_snapshot_status: Callable[[int, bool], None] = lambda _id, _ok: None,
         on_peer_hello: Callable[[int, bytes], None] = lambda _id, _meta: None,
+        on_cluster_id: Callable[[int], None] = lambda _cid: None,
         hello_meta: bytes = b"",
         logger: logging.Logger | None = None,
         frame_bytes_max: int = FRAME_BYTES_MAX,
@@ -278,6 +284,7 @@ class PeerTransport:
         self._on_unreachable = on_unreachable
         self._on_snapshot_status = on_snapshot_status
         self._on_peer_hello = on_peer_hello
+        self._on_cluster_id = on_cluster_id
         if len(hello_meta) > HELLO_META_BYTES_MAX:
             raise ValueError(f"hello_meta is {len(hello_meta)} bytes, over {HELLO_META_BYTES_MAX}")
         self._hello_meta = hello_meta
@@ -317,8 +324,8 @@ class PeerTransport:
     def greet(self, node_id: int) -> None:
         """Connect to a known peer now, even with nothing to send, so that it hears our HELLO."""
         peer = self._peers.get(node_id)
-        if peer is None or self._closed:
-            return
+        if peer is None or self._closed or self.cluster_id == 0:
+            return  # with no cluster id yet (joining), our HELLO would be refused: wait to be contacted
         peer.greet = True
         if peer.task is None:
             self._start_writer(peer)
@@ -538,6 +545,12 @@ class PeerTransport:
                 while not dec.peer_id:
                     if not await self._read_some(reader, dec):
                         return
+            if dec.peer_cluster_id:
+                if self.cluster_id == 0:
+                    self.cluster_id = dec.peer_cluster_id
+                    self._notify(self._on_cluster_id, self.cluster_id)
+                elif dec.peer_cluster_id != self.cluster_id:
+                    raise ProtocolError(f"HELLO names cluster {dec.peer_cluster_id}, ours is {self.cluster_id}")
             for other_writer, other_dec in self._inbound.values():  # a peer redialled: its old connection is stale
                 if other_writer is not writer and other_dec.peer_id == dec.peer_id:
                     other_writer.close()

@@ -210,3 +210,38 @@ def test_settings_from_config_file_and_environment(tmp_path: Path) -> None:
         timeout=30,
     )
     assert out.returncode != 0 and "unknown setting 'nmae'" in out.stderr
+
+
+async def test_a_new_member_joins_catches_up_and_is_promoted(tmp_path: Path) -> None:
+    """etcd's procedure: member add (a learner), start it with --initial-cluster-state existing and the
+    cluster list that includes it, promote it once it has caught up. It learns the cluster id from the
+    members that contact it, and keeps it across a restart."""
+    async with LocalCluster(tmp_path, 3) as cluster:
+        leader = await cluster.leader()
+        await wait_ready(cluster)
+        for i in range(50):
+            await v3(cluster, leader, "/v3/kv/put", {"key": b64(f"pre/{i:02d}"), "value": b64("v")})
+        new = Member("n4", free_port(), free_port(), tmp_path / "n4", tmp_path / "n4.log")
+        add = {"name": "n4", "peerURLs": [new.peer_url], "isLearner": True}
+        status, body = await v3(cluster, cluster.members[1], "/v3/cluster/member/add", add)
+        assert status == 200, body
+        new_id = body["member"]["ID"]
+        full = f"{cluster.initial_cluster},n4={new.peer_url}"
+        new.extra_args = ["--initial-cluster", full, "--initial-cluster-state", "existing"]
+        cluster.members.append(new)
+        cluster.start(new)
+        body = await retry(cluster, [new], "/v3/kv/range", {"key": b64("pre/49"), "serializable": True})
+        while "kvs" not in body:  # serving, but not caught up yet
+            await asyncio.sleep(0.2)
+            body = await retry(cluster, [new], "/v3/kv/range", {"key": b64("pre/49"), "serializable": True})
+        body = await retry(cluster, cluster.members[:3], "/v3/cluster/member/promote", {"ID": new_id})
+        assert not any(m.get("isLearner") for m in body["members"]), body
+        # A write through the new member, a restart of it, and it still belongs to the same cluster.
+        await retry(cluster, [new], "/v3/kv/put", {"key": b64("post"), "value": b64("x")})
+        cluster.kill(new, signal.SIGKILL)
+        cluster.start(new)
+        body = await retry(cluster, [new], "/v3/kv/range", {"key": b64("post")})
+        assert body["kvs"][0]["value"] == b64("x")
+        assert int((tmp_path / "n4" / "cluster_id").read_text(), 16) == int(body["header"]["cluster_id"])
+        status, members = await v3(cluster, cluster.members[0], "/v3/cluster/member/list", {})
+        assert sorted(m["name"] for m in members["members"]) == ["n1", "n2", "n3", "n4"]

@@ -1,0 +1,543 @@
+"""kvdisco at scale: load N keys into a 3-member cluster and measure memory, disk, recovery and throughput.
+
+Steps, in one run:
+
+1. Start 3 members on loopback (fsync on, default --snapshot-count so snapshots happen during the load)
+   and measure put and range throughput on the (nearly) empty store.
+2. Load --keys keys (32-byte keys, --value-bytes values) through POST /v3/kv/txn with 128 puts per
+   txn from --clients concurrent clients; the load rate is recorded. The load stops at
+   --load-seconds; the keys actually loaded are reported, never extrapolated.
+3. RSS (VmRSS, and the peak VmHWM) of every member, and the size of its wal/ and snap/ directories.
+4. Put/range throughput at that size (closed loop, --load-conns clients, --seconds each).
+5. kill -9 one follower, restart it, and time until /readyz answers 200 and a serializable range
+   on it sees a marker key written just before the kill.
+6. Add a learner k3 (POST /v3/cluster/member/add), start it with --initial-cluster-state existing,
+   and time until a serializable range on it sees a marker written after the add (snapshot catch-up).
+7. With --steady-minutes > 0: overwrite random keys for that long (auto-compaction at its default)
+   and sample every member's RSS every --sample-seconds.
+
+Usage::
+
+    .venv/bin/python bench/scale.py [--keys 1000000] [--value-bytes 128] [--clients 32] \
+        [--steady-minutes 3] [--json scale.json]
+
+Add --profile-restart to run the restarted member and the new learner under ``py-spy record``
+(flame graphs as speedscope JSON in --dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+PY_SPY = Path(sys.executable).parent / "py-spy"
+KEY_BYTES = 32
+TXN_OPS = 128
+MARKER = b"scale-marker"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def key_of(i: int) -> bytes:
+    """The i-th key: exactly 32 bytes."""
+    return b"scale/%026d" % i
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of ``pid`` in bytes (empty if it is gone)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    name, value, _unit = line.split()
+                    out[name.rstrip(":")] = int(value) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def dir_disk_bytes(path: Path) -> int:
+    """Blocks actually allocated (WAL segments are preallocated, so this is >= the data written)."""
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def mib(n: float) -> float:
+    return n / (1 << 20)
+
+
+@dataclass
+class Member:
+    name: str
+    client_url: str
+    peer_url: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    pid: int = 0  # the server's pid (differs from proc.pid when run under py-spy)
+
+
+@dataclass
+class Cluster:
+    root: Path
+    base_port: int
+    snapshot_count: int = 20000
+    members: list[Member] = field(default_factory=list)
+    initial: str = ""
+
+    def __post_init__(self) -> None:
+        for i in range(3):
+            self.members.append(self._member(i))
+        self.initial = ",".join(f"{m.name}=http://{m.peer_url.split('//')[1]}" for m in self.members)
+
+    def _member(self, i: int) -> Member:
+        cp, pp = self.base_port + 2 * i, self.base_port + 2 * i + 1
+        return Member(f"k{i}", f"http://127.0.0.1:{cp}", f"http://127.0.0.1:{pp}", self.root / f"k{i}")
+
+    def start(self, m: Member, state: str = "new", profile: Path | None = None) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "kvdisco.cli.server",
+            "serve",
+            "--name",
+            m.name,
+            "--data-dir",
+            str(m.data_dir),
+            "--listen-client-urls",
+            m.client_url,
+            "--listen-peer-urls",
+            m.peer_url,
+            "--initial-cluster",
+            self.initial,
+            "--initial-cluster-state",
+            state,
+            "--snapshot-count",
+            str(self.snapshot_count),
+            "--log-level",
+            "warning",
+        ]
+        if profile is not None:
+            cmd = [
+                str(PY_SPY),
+                "record",
+                "--nonblocking",
+                "--format",
+                "speedscope",
+                "-r",
+                "50",
+                "-o",
+                str(profile),
+                "--",
+                *cmd,
+            ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.root / f"{m.name}.log", "ab") as f:
+            m.proc = subprocess.Popen(cmd, stdout=f, stderr=f, env=env)
+        m.pid = m.proc.pid
+        if profile is not None:  # the server is py-spy's child
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    kids = Path(f"/proc/{m.proc.pid}/task/{m.proc.pid}/children").read_text().split()
+                except OSError:
+                    kids = []
+                if kids:
+                    m.pid = int(kids[0])
+                    break
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        for m in self.members:
+            if m.proc is not None and m.proc.poll() is None:
+                if m.pid != m.proc.pid:
+                    os.kill(m.pid, signal.SIGTERM)  # py-spy writes its profile when the child exits
+                else:
+                    m.proc.send_signal(signal.SIGTERM)
+        for m in self.members:
+            if m.proc is None:
+                continue
+            try:
+                m.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                m.proc.kill()
+                m.proc.wait()
+            if m.pid != m.proc.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(m.pid, signal.SIGKILL)
+
+
+async def post(s: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, Any]:
+    async with s.post(url, json=body) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def find_leader(s: aiohttp.ClientSession, c: Cluster, timeout_s: float = 60.0) -> Member:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for m in c.members[:3]:
+            try:
+                status, body = await post(s, m.client_url + "/v3/maintenance/status", {})
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                continue
+            if status == 200 and body.get("leader") and body["leader"] == body["header"]["member_id"]:
+                st, _ = await post(s, m.client_url + "/v3/kv/put", {"key": b64(MARKER), "value": b64(b"0")})
+                if st == 200:
+                    return m
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"no leader within {timeout_s} s (logs in {c.root})")
+
+
+async def load(s: aiohttp.ClientSession, url: str, n: int, value: bytes, clients: int, limit_s: float) -> dict:
+    """Put keys 0..n-1 in txns of 128 puts from ``clients`` workers; stop at ``limit_s``."""
+    vb = b64(value)
+    batches = iter(range(0, n, TXN_OPS))
+    done = 0
+    errors = 0
+    t0 = time.monotonic()
+    deadline = t0 + limit_s
+    last_print = t0
+
+    async def worker() -> None:
+        nonlocal done, errors, last_print
+        for start in batches:
+            if time.monotonic() > deadline:
+                return
+            ops = [{"request_put": {"key": b64(key_of(i)), "value": vb}} for i in range(start, min(start + TXN_OPS, n))]
+            for _attempt in range(5):
+                try:
+                    status, _ = await post(s, url + "/v3/kv/txn", {"success": ops})
+                except (aiohttp.ClientError, TimeoutError, OSError):
+                    status = 0
+                if status == 200:
+                    done += len(ops)
+                    break
+                errors += 1
+                await asyncio.sleep(0.5)
+            else:
+                raise RuntimeError(f"txn at key {start} failed 5 times")
+            now = time.monotonic()
+            if now - last_print > 15:
+                last_print = now
+                print(f"  loaded {done} keys in {now - t0:.0f} s ({done / (now - t0):.0f} keys/s)", flush=True)
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    elapsed = time.monotonic() - t0
+    # Keys are handed out in order, so everything below the lowest unfinished batch is loaded;
+    # with a deadline stop, `done` counts exactly the keys put.
+    return {"keys": done, "seconds": elapsed, "keys_per_s": done / elapsed, "txn_retries": errors}
+
+
+async def closed_loop(
+    s: aiohttp.ClientSession, url: str, kind: str, nkeys: int, value: bytes, conns: int, seconds: float
+) -> dict[str, float]:
+    """``conns`` clients each issuing one request at a time for ``seconds``: puts or linearizable ranges."""
+    vb = b64(value)
+    lat: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+    rng = random.Random(1)
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.monotonic() < deadline:
+            k = b64(key_of(rng.randrange(nkeys)))
+            body = {"key": k, "value": vb} if kind == "put" else {"key": k}
+            t = time.perf_counter()
+            try:
+                status, _ = await post(s, url + ("/v3/kv/put" if kind == "put" else "/v3/kv/range"), body)
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                status = 0
+            if status == 200:
+                lat.append(time.perf_counter() - t)
+            else:
+                errors += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(conns)))
+    elapsed = time.monotonic() - t0
+    lat.sort()
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3 if lat else float("nan")
+
+    return {"rps": len(lat) / elapsed, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "errors": errors}
+
+
+async def sees(s: aiohttp.ClientSession, url: str, key: bytes, value: bytes) -> bool:
+    try:
+        status, body = await post(s, url + "/v3/kv/range", {"key": b64(key), "serializable": True})
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False
+    kvs = (body.get("kvs") or []) if status == 200 and isinstance(body, dict) else []
+    return bool(kvs) and kvs[0].get("value") == b64(value)
+
+
+async def ready(s: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with s.get(url + "/readyz") as r:
+            return r.status == 200
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False
+
+
+async def wait_serving(
+    s: aiohttp.ClientSession, m: Member, c: Cluster, value: bytes, t0: float, limit_s: float
+) -> dict[str, Any]:
+    """Poll until ``m`` is ready and sees the marker; track every member's RSS meanwhile."""
+    out: dict[str, Any] = {"ready_s": None, "sees_marker_s": None}
+    peak = {x.name: 0 for x in c.members if x.proc is not None}
+    deadline = t0 + limit_s
+    while time.monotonic() < deadline:
+        for x in c.members:
+            if x.proc is not None:
+                peak[x.name] = max(peak[x.name], proc_status(x.pid).get("VmRSS", 0))
+        if out["ready_s"] is None and await ready(s, m.client_url):
+            out["ready_s"] = time.monotonic() - t0
+        if out["sees_marker_s"] is None and await sees(s, m.client_url, MARKER, value):
+            out["sees_marker_s"] = time.monotonic() - t0
+        if out["ready_s"] is not None and out["sees_marker_s"] is not None:
+            break
+        if m.proc is not None and m.proc.poll() is not None:
+            out["exited"] = m.proc.returncode
+            break
+        await asyncio.sleep(0.05)
+    out["serving_s"] = (
+        max(out["ready_s"], out["sees_marker_s"])
+        if out["ready_s"] is not None and out["sees_marker_s"] is not None
+        else None
+    )
+    st = proc_status(m.pid)
+    out["rss_mib_after"] = mib(st.get("VmRSS", 0))
+    out["hwm_mib"] = mib(st.get("VmHWM", 0))
+    out["sampled_peak_rss_mib"] = {k: mib(v) for k, v in peak.items()}
+    return out
+
+
+def memory(c: Cluster) -> dict[str, dict[str, float]]:
+    out = {}
+    for m in c.members:
+        if m.proc is None or m.proc.poll() is not None:
+            continue
+        st = proc_status(m.pid)
+        out[m.name] = {
+            "rss_mib": mib(st.get("VmRSS", 0)),
+            "hwm_mib": mib(st.get("VmHWM", 0)),
+            "wal_mib": mib(dir_bytes(m.data_dir / "wal")),
+            "wal_disk_mib": mib(dir_disk_bytes(m.data_dir / "wal")),
+            "wal_files": len(list((m.data_dir / "wal").glob("*"))),
+            "snap_mib": mib(dir_bytes(m.data_dir / "snap")),
+            "snap_files": len(list((m.data_dir / "snap").glob("*"))),
+        }
+    return out
+
+
+async def steady(
+    s: aiohttp.ClientSession, c: Cluster, url: str, nkeys: int, value: bytes, conns: int, minutes: float, every: float
+) -> dict[str, Any]:
+    """Overwrite random keys for ``minutes``; RSS of every member every ``every`` seconds."""
+    samples: list[dict[str, Any]] = []
+    stop = time.monotonic() + minutes * 60
+    t0 = time.monotonic()
+    puts = 0
+    vb = b64(value)
+    rng = random.Random(2)
+
+    async def writer() -> None:
+        nonlocal puts
+        while time.monotonic() < stop:
+            try:
+                status, _ = await post(s, url + "/v3/kv/put", {"key": b64(key_of(rng.randrange(nkeys))), "value": vb})
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                status = 0
+            puts += status == 200
+
+    async def sampler() -> None:
+        while True:
+            row: dict[str, Any] = {"t_s": round(time.monotonic() - t0, 1), "puts": puts}
+            for m in c.members:
+                if m.proc is not None and m.proc.poll() is None:
+                    row[m.name] = round(mib(proc_status(m.pid).get("VmRSS", 0)), 1)
+            samples.append(row)
+            print("  steady", row, flush=True)
+            if time.monotonic() >= stop:
+                return
+            await asyncio.sleep(min(every, max(0.0, stop - time.monotonic())))
+
+    await asyncio.gather(sampler(), *(writer() for _ in range(conns)))
+    names = [k for k in samples[0] if k.startswith("k")]
+    drift = {n: samples[-1].get(n, 0) - samples[0].get(n, 0) for n in names}
+    return {"minutes": minutes, "puts": puts, "puts_per_s": puts / (time.monotonic() - t0), "samples": samples,
+            "rss_change_mib": drift}  # fmt: skip
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(args.dir or tempfile.mkdtemp(prefix="kvdisco-scale-"))
+    root.mkdir(parents=True, exist_ok=True)
+    value = bytes(random.Random(0).randrange(256) for _ in range(args.value_bytes))
+    res: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "args": vars(args),
+        "dir": str(root),
+    }
+    c = Cluster(root, args.base_port, args.snapshot_count)
+    conn = aiohttp.TCPConnector(limit=0)
+    s = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120))
+    try:
+        for m in c.members:
+            c.start(m)
+        leader = await find_leader(s, c)
+        print(f"leader {leader.name}; data in {root}", flush=True)
+
+        # Empty store: a small key set so puts overwrite and ranges hit.
+        small = 1000
+        await load(s, leader.client_url, small, value, args.clients, 60)
+        res["empty"] = {"memory": memory(c)}
+        for kind in ("put", "range"):
+            r = await closed_loop(s, leader.client_url, kind, small, value, args.load_conns, args.seconds)
+            res["empty"][kind] = r
+            print(f"empty {kind}: {r}", flush=True)
+
+        print(f"loading {args.keys} keys ...", flush=True)
+        res["load"] = await load(s, leader.client_url, args.keys, value, args.clients, args.load_seconds)
+        n = res["load"]["keys"]
+        print(f"load: {res['load']}", flush=True)
+        res["loaded"] = {"memory": memory(c)}
+        for kind in ("put", "range"):
+            r = await closed_loop(s, leader.client_url, kind, n, value, args.load_conns, args.seconds)
+            res["loaded"][kind] = r
+            print(f"loaded {kind}: {r}", flush=True)
+        res["loaded"]["memory_after_throughput"] = memory(c)
+
+        # Restart a follower after kill -9.
+        leader = await find_leader(s, c)
+        victim = next(m for m in c.members if m is not leader)
+        marker = b"restart-%d" % time.time_ns()
+        st, _ = await post(s, leader.client_url + "/v3/kv/put", {"key": b64(MARKER), "value": b64(marker)})
+        assert st == 200
+        while not await sees(s, victim.client_url, MARKER, marker):
+            await asyncio.sleep(0.05)
+        assert victim.proc is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.proc.wait()
+        t0 = time.monotonic()
+        c.start(victim, "new", root / f"{victim.name}-restart.speedscope.json" if args.profile_restart else None)
+        res["restart"] = {"member": victim.name, **await wait_serving(s, victim, c, marker, t0, args.recovery_limit)}
+        print(f"restart: {res['restart']}", flush=True)
+
+        # A new learner catching up by snapshot.
+        leader = await find_leader(s, c)
+        new = c._member(5)
+        new.name = "k3"
+        new.data_dir = root / "k3"
+        st, body = await post(
+            s,
+            leader.client_url + "/v3/cluster/member/add",
+            {"name": "k3", "peerURLs": [new.peer_url], "isLearner": True},
+        )
+        if st != 200:
+            raise RuntimeError(f"member add: {st} {body}")
+        marker = b"learner-%d" % time.time_ns()
+        st, _ = await post(s, leader.client_url + "/v3/kv/put", {"key": b64(MARKER), "value": b64(marker)})
+        c.members.append(new)
+        t0 = time.monotonic()
+        c.start(new, "existing", root / "k3-catchup.speedscope.json" if args.profile_restart else None)
+        res["catchup"] = {"member": "k3", **await wait_serving(s, new, c, marker, t0, args.recovery_limit)}
+        res["catchup"]["memory"] = memory(c)
+        print(f"catch-up: {res['catchup']}", flush=True)
+
+        if args.steady_minutes > 0:
+            leader = await find_leader(s, c)
+            res["steady"] = await steady(
+                s, c, leader.client_url, n, value, args.load_conns, args.steady_minutes, args.sample_seconds
+            )
+        res["final_memory"] = memory(c)
+    finally:
+        await s.close()
+        c.stop()
+        if not args.keep and not args.dir:
+            shutil.rmtree(root, ignore_errors=True)
+    return res
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print(f"\n{r['machine']}")
+    load = r.get("load")
+    if load:
+        print(f"load: {load['keys']} keys in {load['seconds']:.1f} s = {load['keys_per_s']:.0f} keys/s")
+    for phase in ("empty", "loaded", "catchup", "final_memory"):
+        mem = r.get(phase, {})
+        mem = mem.get("memory", {}) if phase != "final_memory" else mem
+        for name, m in mem.items():
+            print(
+                f"{phase:<13}{name:<4} RSS {m['rss_mib']:8.1f} MiB  peak {m['hwm_mib']:8.1f} MiB"
+                f"  wal {m['wal_mib']:7.1f} MiB/{m['wal_files']} files  snap {m['snap_mib']:7.1f} MiB/{m['snap_files']} files"
+            )
+    if "empty" in r and "loaded" in r:
+        for kind in ("put", "range"):
+            e, f = r["empty"][kind], r["loaded"][kind]
+            print(
+                f"{kind:<6} empty {e['rps']:7.0f}/s p50 {e['p50_ms']:6.1f} ms | at {load['keys']} keys"
+                f" {f['rps']:7.0f}/s p50 {f['p50_ms']:6.1f} ms | ratio {f['rps'] / e['rps']:.2f}"
+            )
+    for phase in ("restart", "catchup"):
+        x = r.get(phase)
+        if x:
+            print(
+                f"{phase:<8} {x['member']}: ready {x['ready_s']} s, sees marker {x['sees_marker_s']} s,"
+                f" RSS after {x['rss_mib_after']:.0f} MiB, peak {x['hwm_mib']:.0f} MiB"
+            )
+    st = r.get("steady")
+    if st:
+        print(f"steady {st['minutes']} min: {st['puts_per_s']:.0f} puts/s, RSS change {st['rss_change_mib']} MiB")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--keys", type=int, default=1_000_000)
+    p.add_argument("--value-bytes", type=int, default=128)
+    p.add_argument("--clients", type=int, default=32, help="concurrent loaders (txns of 128 puts)")
+    p.add_argument("--load-conns", type=int, default=64, help="closed-loop clients for throughput and steady load")
+    p.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
+    p.add_argument("--load-seconds", type=float, default=1200.0, help="stop loading after this long")
+    p.add_argument("--recovery-limit", type=float, default=300.0, help="give up on restart/catch-up after this")
+    p.add_argument("--steady-minutes", type=float, default=3.0)
+    p.add_argument("--sample-seconds", type=float, default=10.0)
+    p.add_argument("--snapshot-count", type=int, default=20000, help="passed to every member")
+    p.add_argument("--base-port", type=int, default=33000)
+    p.add_argument("--profile-restart", action="store_true", help="run restart and catch-up under py-spy")
+    p.add_argument("--dir", default=None, help="keep data and logs here")
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+    results = asyncio.run(main_async(args))
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
