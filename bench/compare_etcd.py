@@ -11,6 +11,9 @@ Workloads:
 * ``watch``: --watchers streaming watches (POST /v3/watch) on one prefix, each on its own
   connection spread over the members, then --watch-puts puts at a steady rate; the latency from
   sending a put to each watcher receiving its event (commit + fan-out + delivery), p50 and p99.
+  The client is one Python process reading every stream, so at 1,000 watchers this end-to-end
+  figure is bound by the client; kvdisco's own apply-to-socket latency is also read from its
+  ``kvdisco_watch_delivery_seconds`` metric and printed as "server side".
 
 Usage::
 
@@ -259,6 +262,27 @@ async def watch_fanout(c: Cluster, leader: str, watchers: int, puts: int, rate: 
     }
 
 
+_DELIVERY_BUCKET = re.compile(r'^kvdisco_watch_delivery_seconds_bucket\{le="([^"]+)",route="v3"\} (\S+)$', re.M)
+
+
+async def scrape_watch_delivery(c: Cluster) -> dict[str, float]:
+    """kvdisco's own apply-to-socket watch latency, from /metrics (bucket upper bounds, summed over members)."""
+    buckets: dict[float, float] = {}
+    async with aiohttp.ClientSession() as s:
+        for url in c.client_urls:
+            async with s.get(url + "/metrics") as r:
+                text = await r.text()
+            for m in _DELIVERY_BUCKET.finditer(text):
+                bound = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+                buckets[bound] = buckets.get(bound, 0.0) + float(m.group(2))
+    total = buckets.get(float("inf"), 0.0)
+    out: dict[str, float] = {"deliveries": total}
+    for q in (0.5, 0.99):
+        bound = next((b for b in sorted(buckets) if buckets[b] >= q * total), float("nan"))
+        out[f"p{int(q * 100)}_le_ms"] = bound * 1e3
+    return out
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(args.dir or tempfile.mkdtemp(prefix="kvdisco-vs-etcd-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -279,7 +303,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 row: dict[str, Any] = {"workload": f"watch x{args.watchers}"}
                 for name, c in clusters.items():
                     row[name] = await watch_fanout(c, leaders[name], args.watchers, args.watch_puts, args.watch_rate)
-                    print(name, row[name], flush=True)
+                    if name == "kvdisco":
+                        row["kvdisco_server_side"] = await scrape_watch_delivery(c)
+                    print(name, row[name], row.get("kvdisco_server_side", ""), flush=True)
                 results["runs"].append(row)
                 continue
             script = LUA_DIR / f"{workload}.lua"
@@ -310,6 +336,12 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{row['workload']:<16}{'p50 {:.1f} p99 {:.1f} ms'.format(e['p50_ms'], e['p99_ms']):>26}"
                 f"{'p50 {:.1f} p99 {:.1f} ms'.format(k['p50_ms'], k['p99_ms']):>26}"
             )
+            srv = row.get("kvdisco_server_side")
+            if srv:
+                print(
+                    f"{'  server side':<16}{'':>26}"
+                    f"{'p50 <={:.1f} p99 <={:.1f} ms'.format(srv['p50_le_ms'], srv['p99_le_ms']):>26}"
+                )
             continue
         name = f"{row['workload']} c{row['connections']}"
         cell = {s: f"{row[s]['rps']:.0f}/s p50 {row[s].get('p50_ms', 0.0):.2f} ms" for s in ("etcd", "kvdisco")}

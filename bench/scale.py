@@ -494,7 +494,8 @@ def print_table(r: dict[str, Any]) -> None:
         for name, m in mem.items():
             print(
                 f"{phase:<13}{name:<4} RSS {m['rss_mib']:8.1f} MiB  peak {m['hwm_mib']:8.1f} MiB"
-                f"  wal {m['wal_mib']:7.1f} MiB/{m['wal_files']} files  snap {m['snap_mib']:7.1f} MiB/{m['snap_files']} files"
+                f"  wal {m['wal_mib']:7.1f} MiB/{m['wal_files']} files"
+                f"  snap {m['snap_mib']:7.1f} MiB/{m['snap_files']} files"
             )
     if "empty" in r and "loaded" in r:
         for kind in ("put", "range"):

@@ -86,6 +86,7 @@ def make_app(backend: Backend) -> web.Application:
     app = web.Application(client_max_size=REQUEST_BYTES_MAX, middlewares=[observe])
     app[v3.BACKEND_KEY] = backend
     app[METRICS_KEY] = Metrics(backend)
+    app[v3.WATCH_DELIVERY_KEY] = app[METRICS_KEY].watch_delivery_seconds
     app.cleanup_ctx.append(_open_forward_session)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)

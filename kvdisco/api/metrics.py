@@ -19,7 +19,7 @@ from kvdisco.api.backend import Backend
 
 __all__ = ["Metrics"]
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LATENCY_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class _MemberCollector(Collector):
@@ -59,9 +59,15 @@ class _MemberCollector(Collector):
 
 
 class RequestLatency(Collector):
-    """``kvdisco_http_request_duration_seconds{route}``: counts per bucket, kept as plain lists."""
+    """A histogram by route (``name{route}``): counts per bucket, kept as plain lists."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        name: str = "kvdisco_http_request_duration_seconds",
+        doc: str = "HTTP request latency by route (streams: until the response starts).",
+    ) -> None:
+        self._name = name
+        self._doc = doc
         #: Route -> [count per bucket (the last one is +Inf)..., sum of seconds].
         self._routes: dict[str, list[float]] = {}
 
@@ -73,11 +79,7 @@ class RequestLatency(Collector):
         h[-1] += seconds
 
     def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(
-            "kvdisco_http_request_duration_seconds",
-            "HTTP request latency by route (streams: until the response starts).",
-            labels=["route"],
-        )
+        family = HistogramMetricFamily(self._name, self._doc, labels=["route"])
         for route, h in sorted(self._routes.items()):
             cumulative, buckets = 0.0, []
             for bound, n in zip([*map(str, _LATENCY_BUCKETS), "+Inf"], h[:-1], strict=True):
@@ -93,6 +95,11 @@ class Metrics:
         self.registry.register(_MemberCollector(backend))
         self.request_seconds = RequestLatency()
         self.registry.register(self.request_seconds)
+        #: From applying a write to writing its watch response on the socket, by API ("v3", "v1").
+        self.watch_delivery_seconds = RequestLatency(
+            "kvdisco_watch_delivery_seconds", "From applying a write to sending its events to a watcher, by API."
+        )
+        self.registry.register(self.watch_delivery_seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

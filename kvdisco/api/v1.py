@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -214,6 +215,7 @@ async def watch_kv(request: web.Request, b: Backend) -> web.StreamResponse:
         filters=filters,
         progress_notify=True,
     )
+    delivery = request.app[v3.WATCH_DELIVERY_KEY]
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     try:
         await resp.prepare(request)
@@ -227,6 +229,8 @@ async def watch_kv(request: web.Request, b: Backend) -> web.StreamResponse:
                 if wr.compact_revision:
                     line["compact_revision"] = wr.compact_revision
             await resp.write(orjson.dumps(line) + b"\n")
+            if wr.made_at:
+                delivery.observe("v1", time.perf_counter() - wr.made_at)
             if wr.canceled:
                 break
     except (ConnectionError, asyncio.CancelledError):

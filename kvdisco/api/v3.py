@@ -15,6 +15,7 @@ import codecs
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from aiohttp import web
 from kvdisco.api import v3_codec as codec
 from kvdisco.api.backend import CODE_UNAVAILABLE, Backend, RequestFailed
 from kvdisco.api.members import MemberError, add_member, member_list, promote_member, remove_member
+from kvdisco.api.metrics import RequestLatency
 from kvdisco.mvcc.errors import LeaseNotFoundError, MvccError
 from kvdisco.mvcc.limits import REQUEST_BYTES_MAX
 from kvdisco.mvcc.watch import Watcher, WatchResponse
@@ -35,6 +37,7 @@ log = logging.getLogger("kvdisco.api.v3")
 
 BACKEND_KEY = web.AppKey("backend", Backend)
 FORWARD_SESSION_KEY = web.AppKey("forward_session", aiohttp.ClientSession)
+WATCH_DELIVERY_KEY = web.AppKey("watch_delivery", RequestLatency)
 
 #: Set on a request one member forwards to another; its value is the forwarding member's id.
 FORWARD_HEADER = "X-Kvdisco-Forwarded-By"
@@ -299,6 +302,7 @@ class _WatchStream:
         self._watchers: dict[int, tuple[Watcher, asyncio.Task[None]]] = {}
         #: Responses taken from a watcher's queue and not yet written.
         self._sending = 0
+        self.delivery = request.app[WATCH_DELIVERY_KEY]
 
     async def send(self, result: dict[str, Any]) -> None:
         async with self._write_lock:
@@ -367,6 +371,8 @@ class _WatchStream:
                 await self._send_result(wid, wr, prev_kv)
             finally:
                 self._sending -= 1
+            if wr.made_at:
+                self.delivery.observe("v3", time.perf_counter() - wr.made_at)
             if wr.canceled:
                 break
 

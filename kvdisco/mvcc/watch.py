@@ -60,10 +60,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kvdisco.mvcc.errors import CompactedError, EmptyKeyError, InvalidArgumentError
@@ -124,6 +125,9 @@ class WatchResponse:
     compact_revision: int = 0
     canceled: bool = False
     cancel_reason: str = ""
+    #: ``time.perf_counter()`` when a live response was made from a just-applied write (0 for
+    #: history, progress and cancels): the server measures apply-to-delivery latency from it.
+    made_at: float = field(default=0.0, compare=False)
 
     @property
     def is_progress_notify(self) -> bool:
@@ -453,7 +457,7 @@ class WatchHub:
         if not out:
             w._cursor = revision + 1
         elif w._fits(len(out), nbytes):
-            w._push(WatchResponse(w.id, revision, tuple(out)), revision, nbytes)
+            w._push(WatchResponse(w.id, revision, tuple(out), made_at=time.perf_counter()), revision, nbytes)
             w._cursor = revision + 1
         else:
             self._unsync(w, revision)
