@@ -11,22 +11,16 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from kvdisco.api.backend import RequestFailed
 from kvdisco.raft import NotLeader, ProposalDropped, RaftError
 from kvdisco.raft.node import MemberInfo, Node, member_id
 
-__all__ = ["MemberError", "add_member", "member_json", "member_list", "promote_member", "remove_member"]
+__all__ = ["add_member", "member_json", "member_list", "promote_member", "remove_member"]
 
 _CODE_INVALID_ARGUMENT = 3
 _CODE_NOT_FOUND = 5
 _CODE_FAILED_PRECONDITION = 9
 _CODE_UNAVAILABLE = 14
-
-
-class MemberError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def member_json(info: MemberInfo, *, learner: bool) -> dict[str, Any]:
@@ -59,7 +53,7 @@ def _member_id(body: Mapping[str, Any]) -> int:
     except ValueError:
         value = -1
     if not 0 < value < 2**64:
-        raise MemberError(_CODE_INVALID_ARGUMENT, "etcdserver: member ID must be a positive integer")
+        raise RequestFailed(_CODE_INVALID_ARGUMENT, "etcdserver: member ID must be a positive integer")
     return value
 
 
@@ -68,10 +62,10 @@ async def _conf_change(coro: Any) -> None:
         await coro
     except NotLeader as exc:
         if exc.leader_hint == 0:
-            raise MemberError(_CODE_UNAVAILABLE, "etcdserver: no leader") from None
+            raise RequestFailed(_CODE_UNAVAILABLE, "etcdserver: no leader") from None
         raise
     except ProposalDropped:
-        raise MemberError(_CODE_UNAVAILABLE, "etcdserver: leader changed") from None
+        raise RequestFailed(_CODE_UNAVAILABLE, "etcdserver: leader changed") from None
 
 
 async def add_member(node: Node, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,19 +73,19 @@ async def add_member(node: Node, body: Mapping[str, Any]) -> dict[str, Any]:
     name = body.get("name")
     learner = body.get("isLearner", body.get("is_learner", False))
     if not isinstance(urls, list) or len(urls) != 1 or not isinstance(urls[0], str) or not urls[0]:
-        raise MemberError(_CODE_INVALID_ARGUMENT, "etcdserver: member add needs exactly one peer URL in peerURLs")
+        raise RequestFailed(_CODE_INVALID_ARGUMENT, "etcdserver: member add needs exactly one peer URL in peerURLs")
     if not _valid_peer_url(urls[0]):
-        raise MemberError(_CODE_INVALID_ARGUMENT, f"etcdserver: invalid peer URL {urls[0]!r}: want http://host:port")
+        raise RequestFailed(_CODE_INVALID_ARGUMENT, f"etcdserver: invalid peer URL {urls[0]!r}: want http://host:port")
     if not isinstance(name, str) or not name:
-        raise MemberError(_CODE_INVALID_ARGUMENT, "kvdisco: member add needs the new member's name (its --name)")
+        raise RequestFailed(_CODE_INVALID_ARGUMENT, "kvdisco: member add needs the new member's name (its --name)")
     if not isinstance(learner, bool):
-        raise MemberError(_CODE_INVALID_ARGUMENT, "etcdserver: isLearner must be a boolean")
+        raise RequestFailed(_CODE_INVALID_ARGUMENT, "etcdserver: isLearner must be a boolean")
     info = MemberInfo(member_id(name), name, urls[0])
     current = node.members()
     if info.id in current:
-        raise MemberError(_CODE_FAILED_PRECONDITION, "etcdserver: member ID already exist")
+        raise RequestFailed(_CODE_FAILED_PRECONDITION, "etcdserver: member ID already exist")
     if any(m.peer_url == info.peer_url for m in current.values()):
-        raise MemberError(_CODE_FAILED_PRECONDITION, "etcdserver: Peer URLs already exists")
+        raise RequestFailed(_CODE_FAILED_PRECONDITION, "etcdserver: Peer URLs already exists")
     await _conf_change(node.add_member(info, learner=learner))
     return member_json(info, learner=learner)
 
@@ -99,28 +93,28 @@ async def add_member(node: Node, body: Mapping[str, Any]) -> dict[str, Any]:
 async def remove_member(node: Node, body: Mapping[str, Any]) -> None:
     nid = _member_id(body)
     if nid not in node.members():
-        raise MemberError(_CODE_NOT_FOUND, "etcdserver: member not found")
+        raise RequestFailed(_CODE_NOT_FOUND, "etcdserver: member not found")
     await _conf_change(node.remove_member(nid))
 
 
 async def promote_member(node: Node, body: Mapping[str, Any]) -> None:
     nid = _member_id(body)
     if nid not in node.members():
-        raise MemberError(_CODE_NOT_FOUND, "etcdserver: member not found")
+        raise RequestFailed(_CODE_NOT_FOUND, "etcdserver: member not found")
     if nid not in node.rawnode.conf_state().learners:
-        raise MemberError(_CODE_FAILED_PRECONDITION, "etcdserver: can only promote a learner member")
+        raise RequestFailed(_CODE_FAILED_PRECONDITION, "etcdserver: can only promote a learner member")
     if not node.is_leader:
         raise (
             NotLeader(node.leader_id, None)
             if node.leader_id
-            else MemberError(_CODE_UNAVAILABLE, "etcdserver: no leader")
+            else RequestFailed(_CODE_UNAVAILABLE, "etcdserver: no leader")
         )
     try:
         await _conf_change(node.promote_member(nid))
     except RaftError as exc:
         if isinstance(exc, NotLeader):
             raise
-        raise MemberError(
+        raise RequestFailed(
             _CODE_FAILED_PRECONDITION,
             f"etcdserver: can only promote a learner member which is in sync with leader ({exc})",
         ) from None

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from kvdisco.api import v3
 from kvdisco.api.backend import Backend, RequestFailed
-from kvdisco.api.members import MemberError, add_member, member_list, promote_member, remove_member
+from kvdisco.api.members import add_member, member_list, promote_member, remove_member
 from kvdisco.api.openapi import OPENAPI
 from kvdisco.mvcc.errors import MvccError
 from kvdisco.mvcc.kvstore import Event, EventType, KeyValue, RequestDeleteRange, RequestPut, RequestRange
@@ -138,7 +138,7 @@ def _handler(fn: Native) -> Callable[[web.Request], Awaitable[web.StreamResponse
             return await _forward(request, b, exc)
         except _BadParam as exc:
             return _error(_CODE_INVALID_ARGUMENT, str(exc))
-        except (MvccError, RequestFailed, MemberError) as exc:
+        except (MvccError, RequestFailed) as exc:
             return _error(exc.code, exc.message)
 
     handle.__name__ = fn.__name__

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from kvdisco.api import v3_codec as codec
 from kvdisco.api.backend import CODE_UNAVAILABLE, Backend, RequestFailed
-from kvdisco.api.members import MemberError, add_member, member_list, promote_member, remove_member
+from kvdisco.api.members import add_member, member_list, promote_member, remove_member
 from kvdisco.api.metrics import RequestLatency
 from kvdisco.mvcc.errors import LeaseNotFoundError, MvccError
 from kvdisco.mvcc.limits import REQUEST_BYTES_MAX
@@ -104,7 +104,7 @@ def _handler(fn: V3Handler) -> Callable[[web.Request], Awaitable[web.StreamRespo
             return await _forward(request, raw, b, exc)
         except codec.BadRequest as exc:
             return error_response(exc.code, exc.message)
-        except (MvccError, RequestFailed, MemberError) as exc:
+        except (MvccError, RequestFailed) as exc:
             return error_response(exc.code, exc.message)
 
     handle.__name__ = fn.__name__
