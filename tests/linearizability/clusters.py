@@ -7,6 +7,8 @@ process handling (spawn, SIGKILL, SIGSTOP/SIGCONT, readiness over the v3
 gateway); a concrete cluster only says how to build one member's command line.
 `EtcdCluster` proves the recorder and the checker against a real, correct
 database; a kvdisco cluster is the same thing with a different `command()`.
+A cluster that can also cut peer links (see netns.py, one network namespace
+per member) is `Partitionable`, and the fault driver then partitions too.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import aiohttp
 
 from ..integration.cluster import free_port
 
-__all__ = ["Cluster", "EtcdCluster", "KvdiscoCluster", "MemberSpec", "ProcessCluster"]
+__all__ = ["Cluster", "EtcdCluster", "KvdiscoCluster", "MemberSpec", "Partitionable", "ProcessCluster"]
 
 #: How long `start()`/`restart()` wait for members to answer a linearizable read.
 READY_TIMEOUT_S = 30.0
@@ -40,7 +42,7 @@ class Cluster(Protocol):
 
     @property
     def endpoints(self) -> list[str]:
-        """Client base URLs (``http://127.0.0.1:port``), one per member, index = member number."""
+        """Client base URLs (``http://127.0.0.1:port``, or the member's namespace address), index = member number."""
         ...
 
     async def start(self) -> None:
@@ -72,6 +74,31 @@ class Cluster(Protocol):
         ...
 
 
+@runtime_checkable
+class Partitionable(Protocol):
+    """A cluster that can cut PEER links between members while clients still reach every member."""
+
+    async def partition(self, i: int) -> None:
+        """Cut member i off from every other member."""
+        ...
+
+    async def heal_partition(self, i: int) -> None:
+        """Restore member i's links to every other member."""
+        ...
+
+    async def cut(self, a: int, b: int) -> None:
+        """Cut the link between members a and b only."""
+        ...
+
+    async def uncut(self, a: int, b: int) -> None:
+        """Restore the link between members a and b."""
+        ...
+
+    async def heal_partitions(self) -> None:
+        """Restore every cut link."""
+        ...
+
+
 @dataclass
 class MemberSpec:
     name: str
@@ -79,14 +106,16 @@ class MemberSpec:
     peer_port: int
     data_dir: Path
     log_path: Path
+    #: Address the member listens on (client and peer); a namespaced member has its own.
+    host: str = "127.0.0.1"
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
 
 
 class ProcessCluster(ABC):
@@ -97,13 +126,20 @@ class ProcessCluster(ABC):
         self.members = [
             MemberSpec(f"m{i}", free_port(), free_port(), root / f"m{i}.data", root / f"m{i}.log") for i in range(size)
         ]
-        self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
         self.paused: list[bool] = [False] * size
 
     @abstractmethod
     def command(self, m: MemberSpec) -> list[str]:
         """argv that starts member m (fresh or on its existing data dir)."""
+
+    def argv(self, i: int) -> list[str]:
+        """The full argv that starts member i (a wrapper such as ``ip netns exec`` goes here)."""
+        return self.command(self.members[i])
+
+    @property
+    def initial_cluster(self) -> str:
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
 
     @property
     def endpoints(self) -> list[str]:
@@ -114,7 +150,7 @@ class ProcessCluster(ABC):
         with open(m.log_path, "ab") as log:
             log.write(b"--- start ---\n")
             log.flush()
-            self.procs[i] = subprocess.Popen(self.command(m), stdout=log, stderr=log, env=dict(os.environ))
+            self.procs[i] = subprocess.Popen(self.argv(i), stdout=log, stderr=log, env=dict(os.environ))
         self.paused[i] = False
 
     def alive(self, i: int) -> bool:

@@ -12,8 +12,10 @@ a concurrent history taken while members die and stall. This module:
    with a per-request timeout, recording call and return times. Every written
    value is unique (client id + counter), so a read names the write it saw;
 3. runs a fault driver at the same time (kill -9 + restart, SIGSTOP + SIGCONT,
-   aimed at the leader half of the time, one member at a time so a quorum
-   stays up), and heals everything at the end;
+   and on a cluster that supports it a peer partition of one member, or a cut
+   of one peer link, while clients still reach every member; aimed at the
+   leader half of the time, one fault at a time so a quorum stays up), and
+   heals everything at the end;
 4. does a final linearizable read of every key and judges:
    (a) the history (plus the final reads) is linearizable per key;
    (b) no acknowledged write is lost: the final value of each key comes from a
@@ -48,7 +50,7 @@ from typing import Any
 import aiohttp
 
 from .checker import CheckResult, Op, OpKind, check
-from .clusters import Cluster
+from .clusters import Cluster, Partitionable
 
 __all__ = [
     "FaultDriver",
@@ -95,6 +97,15 @@ class WorkloadConfig:
     settle_s: float = 2.0
     fault_min_s: float = 0.5
     fault_max_s: float = 2.0
+    #: Relative weights of the fault kinds; "partition" (cut a member off from its peers, clients still reach
+    #: it) and "bridge" (cut one peer link, a third member still talks to both) only on a `Partitionable` cluster.
+    fault_weights: tuple[tuple[str, float], ...] = (("kill9", 1.0), ("pause", 1.0), ("partition", 1.0), ("bridge", 0.5))
+    #: Partitions and bridges last this long (longer than kills: an election has to happen on the majority side).
+    partition_min_s: float = 1.0
+    partition_max_s: float = 3.0
+    #: Kinds of the first faults, in order, each aimed at the leader (then the choice is random by weight);
+    #: a test that must exercise a kind says so here instead of hoping the dice cooperate.
+    first_faults: tuple[str, ...] = ()
     watch_catchup_s: float = 15.0
 
     @property
@@ -333,37 +344,83 @@ class Watcher:
 
 
 class FaultDriver:
-    """One fault at a time, on the leader half the time: kill -9 then restart, or SIGSTOP then SIGCONT."""
+    """One fault at a time, on the leader half the time, each healed before the next one.
+
+    Faults: kill -9 then restart; SIGSTOP then SIGCONT; and on a `Partitionable` cluster "partition" (the
+    victim is cut off from every peer while clients still reach it: a leader victim is an old leader in the
+    minority) and "bridge" (only the victim's link to one other member is cut; the third member still talks
+    to both). Every partition is healed when the driver stops, however it stops.
+    """
 
     def __init__(self, cluster: Cluster, cfg: WorkloadConfig) -> None:
         self.cluster = cluster
         self.cfg = cfg
         self.rng = random.Random(cfg.seed + 7)
         self.log: list[str] = []
+        self.partitionable: Partitionable | None = cluster if isinstance(cluster, Partitionable) else None
+        kinds = {"kill9", "pause"} | ({"partition", "bridge"} if self.partitionable else set())
+        self.kinds = [(k, w) for k, w in cfg.fault_weights if k in kinds and w > 0]
+        if not self.kinds:
+            raise ValueError(f"no usable fault kind in {cfg.fault_weights} for {type(cluster).__name__}")
+        #: How many faults of each kind were injected.
+        self.counts: dict[str, int] = dict.fromkeys(kinds, 0)
 
     async def run(self, until: float) -> None:
+        try:
+            await self._run(until)
+        finally:
+            if self.partitionable is not None:
+                await self.partitionable.heal_partitions()
+
+    async def _run(self, until: float) -> None:
         t0 = time.monotonic()
+        n = len(self.cluster.endpoints)
+        forced = [k for k in self.cfg.first_faults if k in self.counts]
         while time.monotonic() < until:
-            victim = await self._leader() if self.rng.random() < 0.5 else None
+            aim_leader = self.rng.random() < 0.5
+            if forced:
+                what, aim_leader = forced.pop(0), True
+            else:
+                what = self.rng.choices([k for k, _ in self.kinds], weights=[w for _, w in self.kinds])[0]
+            victim = await self._leader() if aim_leader else None
             role = "leader" if victim is not None else "random"
             if victim is None:
-                victim = self.rng.randrange(len(self.cluster.endpoints))
-            hold = self.rng.uniform(self.cfg.fault_min_s, self.cfg.fault_max_s)
+                victim = self.rng.randrange(n)
+            if what in ("partition", "bridge"):
+                hold = self.rng.uniform(self.cfg.partition_min_s, self.cfg.partition_max_s)
+            else:
+                hold = self.rng.uniform(self.cfg.fault_min_s, self.cfg.fault_max_s)
             hold = max(0.0, min(hold, until - time.monotonic()))
-            what = self.rng.choice(["kill9", "pause"])
-            self.log.append(f"{time.monotonic() - t0:.2f}s {what} m{victim} ({role}) for {hold:.2f}s")
+            other = self.rng.choice([j for j in range(n) if j != victim])
+            target = f"m{victim}-m{other}" if what == "bridge" else f"m{victim}"
+            self.log.append(f"{time.monotonic() - t0:.2f}s {what} {target} ({role}) for {hold:.2f}s")
+            self.counts[what] += 1
             if what == "kill9":
                 await self.cluster.kill9(victim)
                 try:
                     await asyncio.sleep(hold)
                 finally:
                     await self.cluster.restart(victim)
-            else:
+            elif what == "pause":
                 await self.cluster.pause(victim)
                 try:
                     await asyncio.sleep(hold)
                 finally:
                     await self.cluster.resume(victim)
+            elif what == "partition":
+                assert self.partitionable is not None
+                try:
+                    await self.partitionable.partition(victim)
+                    await asyncio.sleep(hold)
+                finally:
+                    await self.partitionable.heal_partition(victim)
+            else:
+                assert self.partitionable is not None
+                try:
+                    await self.partitionable.cut(victim, other)
+                    await asyncio.sleep(hold)
+                finally:
+                    await self.partitionable.uncut(victim, other)
             await asyncio.sleep(self.rng.uniform(0.3, 1.0))
 
     async def _leader(self) -> int | None:
@@ -402,6 +459,8 @@ class Report:
     stats: Stats
     faults: list[str]
     check: CheckResult | None = None
+    #: Faults injected, by kind.
+    fault_counts: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -480,7 +539,9 @@ async def run_pipeline(cluster: Cluster, cfg: WorkloadConfig) -> Report:
                 await t
     history = list(recorder.history)
     history += [Op(k, OpKind.GET, fcall, fret, out_value=v, out_version=ver) for k, (v, ver) in final.items()]
-    report = Report(history, final, final_rev, start_rev, watchers, recorder.stats, driver.log)
+    report = Report(
+        history, final, final_rev, start_rev, watchers, recorder.stats, driver.log, fault_counts=driver.counts
+    )
     verify(report)
     report.elapsed_s = time.monotonic() - t0
     return report
