@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from kvdisco.api import v3_codec as codec
 from kvdisco.api.backend import RequestFailed
 from kvdisco.raft import NotLeader, ProposalDropped, RaftError
 from kvdisco.raft.node import MemberInfo, Node, member_id
@@ -24,12 +25,8 @@ _CODE_UNAVAILABLE = 14
 
 
 def member_json(info: MemberInfo, *, learner: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"ID": str(info.id), "name": info.name, "peerURLs": [info.peer_url] if info.peer_url else []}
-    if info.client_urls:
-        out["clientURLs"] = list(info.client_urls)
-    if learner:
-        out["isLearner"] = True
-    return out
+    peers = (info.peer_url,) if info.peer_url else ()
+    return codec.member_json(codec.Member(info.id, info.name, peers, info.client_urls, learner))
 
 
 def member_list(node: Node) -> list[dict[str, Any]]:

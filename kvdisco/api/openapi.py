@@ -33,7 +33,7 @@ _KV = {
 
 _MEMBER = {
     "type": "object",
-    "required": ["ID", "name", "peerURLs"],
+    "required": ["ID"],
     "properties": {
         "ID": {"type": "string", "description": "decimal member id"},
         "name": {"type": "string"},

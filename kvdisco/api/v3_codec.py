@@ -120,6 +120,7 @@ __all__ = [
     "lease_revoke_response",
     "lease_timetolive_response",
     "loads",
+    "member_json",
     "member_list_response",
     "parse_compaction",
     "parse_delete_range",
@@ -799,22 +800,25 @@ class Member:
     is_learner: bool = False
 
 
+def member_json(m: Member) -> dict[str, Any]:
+    """One member as etcd lists it; empty fields left out (an added member not yet started has no name)."""
+    item: dict[str, Any] = {}
+    _put_int(item, "ID", m.id)
+    if m.name:
+        item["name"] = m.name
+    if m.peer_urls:
+        item["peerURLs"] = list(m.peer_urls)
+    if m.client_urls:
+        item["clientURLs"] = list(m.client_urls)
+    if m.is_learner:
+        item["isLearner"] = True
+    return item
+
+
 def member_list_response(hdr: dict[str, Any], members: Iterable[Member]) -> dict[str, Any]:
     """etcd leaves ``revision`` out of this header: pass revision 0 to :func:`header`."""
     out: dict[str, Any] = {"header": hdr}
-    listed = []
-    for m in members:
-        item: dict[str, Any] = {}
-        _put_int(item, "ID", m.id)
-        if m.name:
-            item["name"] = m.name
-        if m.peer_urls:
-            item["peerURLs"] = list(m.peer_urls)
-        if m.client_urls:
-            item["clientURLs"] = list(m.client_urls)
-        if m.is_learner:
-            item["isLearner"] = True
-        listed.append(item)
+    listed = [member_json(m) for m in members]
     if listed:
         out["members"] = listed
     return out
