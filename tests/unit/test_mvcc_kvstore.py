@@ -580,6 +580,14 @@ def _check_flat(model: Model, ops: list[RequestOp], responses: tuple[object, ...
             assert isinstance(got, RangeResult) and list(got.kvs) == want and got.count == len(want)
 
 
+def _check_compacted(store: KVStore, rev: int) -> None:
+    """Compaction touches only the keys written since the last one; every key must still end up trimmed."""
+    assert store._keys == sorted(store._history)
+    for hist in store._history.values():
+        at_or_below = [entry for entry in hist if entry[0] <= rev]
+        assert len(at_or_below) <= 1 and all(value is not None for _, _, value in at_or_below)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(actions, max_size=40))
 def test_model(script: list[tuple[object, ...]]) -> None:
@@ -622,6 +630,7 @@ def test_model(script: list[tuple[object, ...]]) -> None:
             else:
                 store.compact(rev)
                 model.compacted = rev
+                _check_compacted(store, rev)
         elif kind == "restore":
             data = store.snapshot()
             store = KVStore()
