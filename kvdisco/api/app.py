@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -11,13 +12,17 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from kvdisco.api import v1, v3
-from kvdisco.api.backend import Backend
+from kvdisco.api.backend import Backend, RequestFailed
 from kvdisco.api.metrics import Metrics
 from kvdisco.mvcc.limits import REQUEST_BYTES_MAX
+from kvdisco.raft import NotLeader
 
 __all__ = ["METRICS_KEY", "make_app"]
 
 METRICS_KEY = web.AppKey("metrics", Metrics)
+
+#: How long /readyz waits for this member to catch up with the leader's commit index.
+READY_BARRIER_TIMEOUT_S = 1.0
 
 _CODE_INVALID_ARGUMENT = 3
 _CODE_NOT_FOUND = 12  # gRPC Unimplemented: no such method
@@ -57,14 +62,23 @@ async def livez(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when a leader is known and this member has applied everything it knows is committed."""
-    node = request.app[v3.BACKEND_KEY].node
+    """Ready when a leader is known and this member has applied every write the leader has committed.
+
+    The check is a ReadIndex round (as for a linearizable read), not a comparison with this member's
+    own commit index: a member that is far behind, a new learner above all, does not know yet how
+    much it is missing.
+    """
+    backend = request.app[v3.BACKEND_KEY]
+    node = backend.node
     if node.failure is not None:
         return _json(503, {"ready": False, "reason": "node failed"})
     if node.leader_id == 0:
         return _json(503, {"ready": False, "reason": "no leader"})
-    if node.applied_index < node.commit_index:
-        return _json(503, {"ready": False, "reason": f"applying backlog ({node.applied_index}/{node.commit_index})"})
+    try:
+        await asyncio.wait_for(backend.read_barrier(), READY_BARRIER_TIMEOUT_S)
+    except (TimeoutError, RequestFailed, NotLeader):
+        reason = f"catching up with the leader (applied {node.applied_index}, known committed {node.commit_index})"
+        return _json(503, {"ready": False, "reason": reason})
     return _json(200, {"ready": True})
 
 

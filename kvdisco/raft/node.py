@@ -64,6 +64,10 @@ READ_TIMEOUT_S = 5.0
 #: a Python node replays more slowly, so it snapshots more often).
 SNAPSHOT_ENTRIES = 20_000
 
+#: Bytes of applied entries between two automatic snapshots, whatever their number: one batched entry
+#: can carry a thousand writes, and a node must not replay a huge log on restart for want of entries.
+SNAPSHOT_BYTES = 64 * 1024 * 1024
+
 #: File in the data dir holding the cluster id (hex), written once, when the member first knows it.
 CLUSTER_ID_FILE = "cluster_id"
 
@@ -130,6 +134,7 @@ class NodeConfig:
     election_ticks: int = limits.ELECTION_TICKS
     heartbeat_ticks: int = limits.HEARTBEAT_TICKS
     snapshot_entries: int = SNAPSHOT_ENTRIES
+    snapshot_bytes: int = SNAPSHOT_BYTES
 
     @property
     def node_id(self) -> int:
@@ -180,6 +185,8 @@ class Node:
         self._unsynced_hard_state: HardState | None = None
         self._members: dict[int, MemberInfo] = {}
         self._snapshot_cache: tuple[int, bytes] | None = None
+        #: Bytes of entries applied since the last snapshot taken here (see SNAPSHOT_BYTES).
+        self._applied_bytes = 0
         self._closing = False
         self.failure: BaseException | None = None
         self._stopped = asyncio.Event()
@@ -651,6 +658,7 @@ class Node:
     def _apply(self, entries: list[Entry], conf_done: list[asyncio.Future[Any]]) -> None:
         waiters = self._waiters
         for e in entries:
+            self._applied_bytes += len(e.data)
             result: Any = None
             if e.type == EntryType.CONF_CHANGE:
                 self._apply_conf_change_io(decode_conf_change(e.data))
@@ -713,7 +721,10 @@ class Node:
     async def _maybe_snapshot(self) -> None:
         rn = self.rawnode
         log_ = rn.raft.log
-        if log_.applied - log_.snapshot.index < self.config.snapshot_entries:
+        if (
+            log_.applied - log_.snapshot.index < self.config.snapshot_entries
+            and self._applied_bytes < self.config.snapshot_bytes
+        ) or log_.applied == log_.snapshot.index:
             return
         term = log_.term(log_.applied)
         if term is None:
@@ -724,6 +735,7 @@ class Node:
         assert storage is not None
         await asyncio.get_running_loop().run_in_executor(self._io, storage.save_snapshot, meta, data)
         rn.compact(meta)
+        self._applied_bytes = 0
         self._snapshot_cache = (meta.index, data)
         self.metrics["snapshots_taken"] += 1
         log.info("snapshot at index %d (%d bytes); log compacted", meta.index, len(data))
