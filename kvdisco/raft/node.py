@@ -184,6 +184,7 @@ class Node:
         self._early_scheduled = False
         self._unsynced_hard_state: HardState | None = None
         self._members: dict[int, MemberInfo] = {}
+        #: The snapshot last read from disk to send to a follower (others may need the same one soon).
         self._snapshot_cache: tuple[int, bytes] | None = None
         #: Bytes of entries applied since the last snapshot taken here (see SNAPSHOT_BYTES).
         self._applied_bytes = 0
@@ -224,7 +225,6 @@ class Node:
         snap_data = storage.load_snapshot_data()
         if snap_data is not None:
             self._restore_snapshot(snap_data)
-            self._snapshot_cache = (storage.snapshot.index, snap_data)
         raft_cfg = Config(
             self.id,
             election_ticks=cfg.election_ticks,
@@ -628,7 +628,6 @@ class Node:
         self._send_all(rd.messages)
         if rd.snapshot is not None and rd.snapshot_data is not None:
             self._restore_snapshot(rd.snapshot_data)
-            self._snapshot_cache = (rd.snapshot.index, rd.snapshot_data)
             self.metrics["snapshots_received"] += 1
             self._fail_waiters_below(rd.snapshot.index + 1)
         if early < len(committed):
@@ -736,7 +735,8 @@ class Node:
         await asyncio.get_running_loop().run_in_executor(self._io, storage.save_snapshot, meta, data)
         rn.compact(meta)
         self._applied_bytes = 0
-        self._snapshot_cache = (meta.index, data)
+        # Not kept in memory: a snapshot is as large as the store. Sending one reads it back from disk.
+        self._snapshot_cache = None
         self.metrics["snapshots_taken"] += 1
         log.info("snapshot at index %d (%d bytes); log compacted", meta.index, len(data))
 
