@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
+import gc
 import hashlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +138,8 @@ class NodeConfig:
     heartbeat_ticks: int = limits.HEARTBEAT_TICKS
     snapshot_entries: int = SNAPSHOT_ENTRIES
     snapshot_bytes: int = SNAPSHOT_BYTES
+    #: Encode snapshots in a forked child (POSIX), so the event loop never stops for them.
+    snapshot_in_child: bool = True
 
     @property
     def node_id(self) -> int:
@@ -188,6 +193,11 @@ class Node:
         self._snapshot_cache: tuple[int, bytes] | None = None
         #: Bytes of entries applied since the last snapshot taken here (see SNAPSHOT_BYTES).
         self._applied_bytes = 0
+        #: A snapshot is being taken (by a forked child, see _maybe_snapshot); the one saved, to compact to.
+        self._snapshotting = False
+        self._snapshot_task: asyncio.Future[None] | None = None
+        self._snapshot_child = 0
+        self._snapshot_done: SnapshotMeta | None = None
         self._closing = False
         self.failure: BaseException | None = None
         self._stopped = asyncio.Event()
@@ -317,6 +327,12 @@ class Node:
             await self._stopped.wait()
             return
         self._closing = True
+        if self._snapshot_child:
+            with contextlib.suppress(OSError):
+                os.kill(self._snapshot_child, signal.SIGKILL)
+        if self._snapshot_task is not None:
+            with contextlib.suppress(Exception):
+                await self._snapshot_task
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -575,6 +591,8 @@ class Node:
                 await self._wake.wait()
                 self._wake.clear()
                 rn = self.rawnode
+                if self._snapshot_done is not None:
+                    self._compact_to_snapshot()
                 self._send_all(rn.take_early_messages())
                 while rn.has_ready():
                     await self._handle_ready(rn.ready())
@@ -718,8 +736,17 @@ class Node:
         self._reads_waiting_apply = keep
 
     async def _maybe_snapshot(self) -> None:
+        """Start a snapshot of the state as applied now, when enough was applied since the last one.
+
+        The encoding runs in a forked child (see _encode_in_child): it sees the state of this instant,
+        copy-on-write, while this process goes on applying and answering. Encoding a large store here
+        would stop the event loop for seconds, long enough for the followers to elect a new leader.
+        When the snapshot is on disk the loop compacts the log to it (_compact_to_snapshot).
+        """
         rn = self.rawnode
         log_ = rn.raft.log
+        if self._snapshotting or self._closing:
+            return
         if (
             log_.applied - log_.snapshot.index < self.config.snapshot_entries
             and self._applied_bytes < self.config.snapshot_bytes
@@ -729,16 +756,76 @@ class Node:
         if term is None:
             return
         meta = SnapshotMeta(log_.applied, term, rn.conf_state())
-        data = self._encode_snapshot()
+        self._snapshotting = True
+        self._applied_bytes = 0
+        if self.config.snapshot_in_child and hasattr(os, "fork"):
+            pending = self._encode_in_child(meta.index)
+            task = asyncio.ensure_future(self._save_snapshot(meta, pending))
+            self._snapshot_task = task
+        else:
+            await self._save_snapshot(meta, None)
+
+    async def _save_snapshot(self, meta: SnapshotMeta, child: tuple[int, Path] | None) -> None:
         storage = self._storage
         assert storage is not None
-        await asyncio.get_running_loop().run_in_executor(self._io, storage.save_snapshot, meta, data)
-        rn.compact(meta)
-        self._applied_bytes = 0
-        # Not kept in memory: a snapshot is as large as the store. Sending one reads it back from disk.
-        self._snapshot_cache = None
-        self.metrics["snapshots_taken"] += 1
-        log.info("snapshot at index %d (%d bytes); log compacted", meta.index, len(data))
+        loop = asyncio.get_running_loop()
+        try:
+            if child is None:
+                data: bytes | None = self._encode_snapshot()
+            else:
+                data = await self._wait_for_child(*child)
+            if data is None or storage.snapshot.index >= meta.index:
+                return  # the child failed (logged), or a newer snapshot was installed meanwhile
+            await loop.run_in_executor(self._io, storage.save_snapshot, meta, data)
+            self._snapshot_done = meta
+            self._poke()
+            self.metrics["snapshots_taken"] += 1
+            log.info("snapshot at index %d (%d bytes); log compacted", meta.index, len(data))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a WAL or snapshot write failed: as in the loop itself, stop loudly
+            self._die(exc)
+        finally:
+            self._snapshotting = False
+
+    def _encode_in_child(self, index: int) -> tuple[int, Path]:
+        """Fork; the child writes the snapshot of this instant to a file and exits. Returns (pid, path)."""
+        path = self.config.data_dir / f".snapshot-{index}.tmp"
+        pid = os.fork()
+        if pid == 0:  # the child: no logging, no event loop, no threads; only encode, write, exit
+            code = 1
+            try:
+                gc.disable()  # a collection would touch, and so copy, every page of the parent's heap
+                view = memoryview(self._encode_snapshot())
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.close(fd)
+                code = 0
+            finally:
+                os._exit(code)
+        self._snapshot_child = pid
+        return pid, path
+
+    async def _wait_for_child(self, pid: int, path: Path) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
+            self._snapshot_child = 0
+            if os.waitstatus_to_exitcode(status) != 0:
+                log.error("snapshot child %d failed (status %d); will retry", pid, status)
+                return None
+            return await loop.run_in_executor(None, path.read_bytes)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def _compact_to_snapshot(self) -> None:
+        """In the loop, between Readies: drop the log up to a snapshot that is now on disk."""
+        meta, self._snapshot_done = self._snapshot_done, None
+        if meta is not None and self.rawnode.raft.log.snapshot.index < meta.index:
+            self.rawnode.compact(meta)
+            self._snapshot_cache = None  # a snapshot is as large as the store: read it back only to send it
 
     def _encode_snapshot(self) -> bytes:
         """The state machine's snapshot, wrapped with what we know of the members.
