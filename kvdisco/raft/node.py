@@ -71,6 +71,9 @@ SNAPSHOT_ENTRIES = 20_000
 #: can carry a thousand writes, and a node must not replay a huge log on restart for want of entries.
 SNAPSHOT_BYTES = 64 * 1024 * 1024
 
+#: Seconds before trying again after a snapshot child failed.
+SNAPSHOT_RETRY_S = 5.0
+
 #: File in the data dir holding the cluster id (hex), written once, when the member first knows it.
 CLUSTER_ID_FILE = "cluster_id"
 
@@ -198,6 +201,7 @@ class Node:
         self._snapshot_task: asyncio.Future[None] | None = None
         self._snapshot_child = 0
         self._snapshot_done: SnapshotMeta | None = None
+        self._snapshot_retry_at = 0.0
         self._closing = False
         self.failure: BaseException | None = None
         self._stopped = asyncio.Event()
@@ -745,7 +749,7 @@ class Node:
         """
         rn = self.rawnode
         log_ = rn.raft.log
-        if self._snapshotting or self._closing:
+        if self._snapshotting or self._closing or time.monotonic() < self._snapshot_retry_at:
             return
         if (
             log_.applied - log_.snapshot.index < self.config.snapshot_entries
@@ -774,8 +778,11 @@ class Node:
                 data: bytes | None = self._encode_snapshot()
             else:
                 data = await self._wait_for_child(*child)
-            if data is None or storage.snapshot.index >= meta.index:
-                return  # the child failed (logged), or a newer snapshot was installed meanwhile
+            if data is None:
+                self._snapshot_retry_at = time.monotonic() + SNAPSHOT_RETRY_S  # the child failed (logged)
+                return
+            if storage.snapshot.index >= meta.index:
+                return  # a newer snapshot was installed meanwhile
             await loop.run_in_executor(self._io, storage.save_snapshot, meta, data)
             self._snapshot_done = meta
             self._poke()
@@ -816,6 +823,9 @@ class Node:
                 log.error("snapshot child %d failed (status %d); will retry", pid, status)
                 return None
             return await loop.run_in_executor(None, path.read_bytes)
+        except OSError as exc:  # the snapshot is lost, not the node: the next one is taken as usual
+            log.error("snapshot child %d: %s; will retry", pid, exc)
+            return None
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()

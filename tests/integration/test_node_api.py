@@ -255,3 +255,53 @@ async def test_peer_rewriting_committed_entries_changes_nothing(tmp_path: Path) 
     finally:
         for name in list(c.nodes):
             await c.stop(name)
+
+
+class FlakySnapshotMachine(ListMachine):
+    """Its snapshot fails while ``broken`` is set: in the forked child, where the node encodes snapshots."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+
+    def snapshot(self) -> bytes:
+        if self.broken:
+            raise RuntimeError("snapshot failed on purpose")
+        return super().snapshot()
+
+
+async def test_a_failed_snapshot_child_is_retried_and_the_node_keeps_serving(tmp_path: Path) -> None:
+    """Snapshots are encoded in a forked child. A child that fails costs that snapshot, not the node: writes
+    go on, and a later snapshot, taken after the retry delay, succeeds and compacts the log."""
+    peer_url = f"http://127.0.0.1:{free_port()}"
+    cfg = NodeConfig(
+        name="solo",
+        data_dir=tmp_path / "solo",
+        peer_url=peer_url,
+        initial_cluster={"solo": peer_url},
+        election_ticks=ELECTION_TICKS,
+        heartbeat_ticks=2,
+        snapshot_entries=20,
+    )
+    sm = FlakySnapshotMachine()
+    node = Node(cfg, sm)
+    await node.start()
+    try:
+        async with asyncio.timeout(10):
+            while not node.is_leader:
+                await asyncio.sleep(0.02)
+        for i in range(60):
+            assert await node.propose(b"x%d" % i) == i + 1
+        assert node.failure is None and node.metrics["snapshots_taken"] == 0
+        sm.broken = False
+        node._snapshot_retry_at = 0.0  # skip the retry delay
+        async with asyncio.timeout(10):
+            i = 60
+            while node.metrics["snapshots_taken"] == 0:
+                i += 1
+                assert await node.propose(b"x%d" % i) == i
+                await asyncio.sleep(0.01)
+        assert node.rawnode.raft.log.snapshot.index > 0
+        assert not list((tmp_path / "solo").glob(".snapshot-*.tmp"))
+    finally:
+        await node.stop()
