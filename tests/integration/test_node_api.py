@@ -154,7 +154,15 @@ async def test_membership_learner_promote_remove_and_snapshot_catch_up(tmp_path:
         assert d.metrics["snapshots_received"] >= 1, "the new member should have caught up from a snapshot"
         assert not d.is_leader
 
-        cs = await lead.promote_member(info.id)
+        # The leader learns d's progress from d's answers: promotion may be refused a moment longer.
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    cs = await lead.promote_member(info.id)
+                    break
+                except RaftError as exc:
+                    assert "has not caught up" in str(exc)
+                    await asyncio.sleep(0.05)
         assert info.id in cs.voters
         await lead.propose(b"with four voters")
         await c.converge()
