@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -135,7 +134,7 @@ def _handler(fn: Native) -> Callable[[web.Request], Awaitable[web.StreamResponse
         try:
             return await fn(request, b)
         except NotLeader as exc:
-            return await _forward(request, b, exc)
+            return await v3.forward_to_leader(request, await request.read(), b, exc)
         except _BadParam as exc:
             return _error(_CODE_INVALID_ARGUMENT, str(exc))
         except (MvccError, RequestFailed) as exc:
@@ -143,24 +142,6 @@ def _handler(fn: Native) -> Callable[[web.Request], Awaitable[web.StreamResponse
 
     handle.__name__ = fn.__name__
     return handle
-
-
-async def _forward(request: web.Request, b: Backend, exc: NotLeader) -> web.Response:
-    info = b.node.member(exc.leader_hint)
-    if request.headers.get(v3.FORWARD_HEADER) or info is None or not info.client_urls:
-        return _error(14, "etcdserver: no leader")
-    session = request.app[v3.FORWARD_SESSION_KEY]
-    url = info.client_urls[0].rstrip("/") + request.path_qs
-    headers = {v3.FORWARD_HEADER: f"{b.member_id:x}"}
-    if "Content-Type" in request.headers:
-        headers["Content-Type"] = request.headers["Content-Type"]
-    try:
-        async with session.request(request.method, url, data=await request.read(), headers=headers) as resp:
-            return web.Response(status=resp.status, body=await resp.read(), content_type=resp.content_type)
-    except aiohttp.ClientConnectorError:
-        return _error(14, "etcdserver: no leader")  # nothing was sent, so nothing was applied
-    except (aiohttp.ClientError, TimeoutError):
-        return _error(14, "etcdserver: request timed out")
 
 
 # -- kv ---------------------------------------------------------------------------------------------------------------

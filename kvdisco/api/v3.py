@@ -31,7 +31,7 @@ from kvdisco.mvcc.limits import REQUEST_BYTES_MAX
 from kvdisco.mvcc.watch import Watcher, WatchResponse
 from kvdisco.raft import NotLeader
 
-__all__ = ["BACKEND_KEY", "FORWARD_HEADER", "FORWARD_SESSION_KEY", "add_routes"]
+__all__ = ["BACKEND_KEY", "FORWARD_HEADER", "FORWARD_SESSION_KEY", "add_routes", "error_response", "forward_to_leader"]
 
 log = logging.getLogger("kvdisco.api.v3")
 
@@ -72,18 +72,23 @@ def _member_header(b: Backend) -> dict[str, Any]:
     return codec.header(b.cluster_id, b.member_id, 0, b.raft_term)
 
 
-async def _forward(request: web.Request, body: bytes, b: Backend, exc: NotLeader) -> web.Response:
-    """Send the request, unchanged, to the leader and relay its answer."""
+async def forward_to_leader(request: web.Request, body: bytes, b: Backend, exc: NotLeader) -> web.Response:
+    """Send the request (method, path, query, body) unchanged to the leader and relay its answer.
+
+    Shared by /v3 and /v1. Only a request that never left gets "no leader", which says it was not applied.
+    """
     info = b.node.member(exc.leader_hint)
     if request.headers.get(FORWARD_HEADER) or info is None or not info.client_urls:
         return error_response(CODE_UNAVAILABLE, "etcdserver: no leader")
     session = request.app[FORWARD_SESSION_KEY]
-    url = info.client_urls[0].rstrip("/") + request.path
-    headers = {FORWARD_HEADER: f"{b.member_id:x}", "Content-Type": "application/json"}
+    url = info.client_urls[0].rstrip("/") + request.path_qs
+    headers = {FORWARD_HEADER: f"{b.member_id:x}"}
+    if "Content-Type" in request.headers:
+        headers["Content-Type"] = request.headers["Content-Type"]
     try:
-        async with session.post(url, data=body, headers=headers) as resp:
+        async with session.request(request.method, url, data=body, headers=headers) as resp:
             payload = await resp.read()
-            return web.Response(status=resp.status, body=payload, content_type="application/json")
+            return web.Response(status=resp.status, body=payload, content_type=resp.content_type)
     except aiohttp.ClientConnectorError as err:
         # Nothing was sent: the request cannot have been applied, and "no leader" tells the client so.
         log.debug("forward to leader %s failed: %r", url, err)
@@ -101,7 +106,7 @@ def _handler(fn: V3Handler) -> Callable[[web.Request], Awaitable[web.StreamRespo
             body = codec.loads(raw)
             return _json_response(await fn(request, b, body))
         except NotLeader as exc:
-            return await _forward(request, raw, b, exc)
+            return await forward_to_leader(request, raw, b, exc)
         except codec.BadRequest as exc:
             return error_response(exc.code, exc.message)
         except (MvccError, RequestFailed) as exc:
