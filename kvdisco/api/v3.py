@@ -27,6 +27,7 @@ from kvdisco.api.backend import CODE_UNAVAILABLE, Backend, RequestFailed
 from kvdisco.api.members import add_member, member_list, promote_member, remove_member
 from kvdisco.api.metrics import RequestLatency
 from kvdisco.mvcc.errors import LeaseNotFoundError, MvccError
+from kvdisco.mvcc.kvstore import Event
 from kvdisco.mvcc.limits import REQUEST_BYTES_MAX
 from kvdisco.mvcc.watch import Watcher, WatchResponse
 from kvdisco.raft import NotLeader
@@ -249,6 +250,29 @@ async def maintenance_snapshot(request: web.Request) -> web.StreamResponse:
 # -- watch ------------------------------------------------------------------------------------------------------------
 
 
+class EventJsonCache:
+    """Each event's JSON, built once for all the watchers of this member instead of once per watcher.
+
+    One write fans out to every watcher of its keys; without this, each of them base64-encoded the
+    same key and value again. Entries hold their event, so an id is never reused while cached.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._cache: dict[tuple[int, bool], tuple[Event, dict[str, Any]]] = {}
+
+    def encode(self, ev: Event, prev_kv: bool) -> dict[str, Any]:
+        key = (id(ev), prev_kv)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is ev:
+            return hit[1]
+        out = codec.event_json(ev, prev_kv)
+        if len(self._cache) >= self._size:
+            self._cache.clear()
+        self._cache[key] = (ev, out)
+        return out
+
+
 class _JsonStream:
     """Successive JSON objects from a streamed request body (grpc-gateway accepts them back to back).
 
@@ -308,6 +332,7 @@ class _WatchStream:
         #: Responses taken from a watcher's queue and not yet written.
         self._sending = 0
         self.delivery = request.app[WATCH_DELIVERY_KEY]
+        self.events = request.app[EVENT_JSON_KEY]
 
     async def send(self, result: dict[str, Any]) -> None:
         async with self._write_lock:
@@ -391,6 +416,7 @@ class _WatchStream:
                 canceled=wr.canceled,
                 compact_revision=wr.compact_revision,
                 cancel_reason=wr.cancel_reason,
+                encode_event=self.events.encode,
             )
         )
 
@@ -460,6 +486,9 @@ async def watch(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+EVENT_JSON_KEY = web.AppKey("event_json", EventJsonCache)
+
+
 def add_routes(app: web.Application) -> None:
     routes: dict[str, V3Handler] = {
         "/v3/kv/range": kv_range,
@@ -483,5 +512,6 @@ def add_routes(app: web.Application) -> None:
     }
     for path, fn in routes.items():
         app.router.add_post(path, _handler(fn))
+    app[EVENT_JSON_KEY] = EventJsonCache()
     app.router.add_post("/v3/watch", watch)
     app.router.add_post("/v3/maintenance/snapshot", maintenance_snapshot)

@@ -68,7 +68,7 @@ from __future__ import annotations
 import binascii
 import enum
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -765,8 +765,11 @@ def watch_response(
     compact_revision: int = 0,
     cancel_reason: str = "",
     fragment: bool = False,
+    encode_event: Callable[[Event, bool], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One line of the watch stream. A progress notification is ``watch_id`` -1 and no events.
+
+    ``encode_event`` replaces :func:`event_json`, e.g. with a cache shared by the watchers of a member.
 
     A compaction cancel (``compact_revision`` set) is sent as etcd 3.4 sends it: no
     ``cancel_reason`` and no ``revision`` in the header (etcd's watch response for it carries
@@ -787,7 +790,8 @@ def watch_response(
     if fragment:
         out["fragment"] = True
     if events:
-        out["events"] = [event_json(ev, prev_kv) for ev in events]
+        encode = encode_event or event_json
+        out["events"] = [encode(ev, prev_kv) for ev in events]
     return {"result": out}
 
 
