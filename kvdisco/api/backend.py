@@ -359,6 +359,4 @@ class Backend:
             "raft_index": self.node.commit_index,
             "raft_applied_index": self.node.applied_index,
             "raft_term": self.node.term,
-            "revision": self.store.revision,
-            "compact_revision": self.store.compact_revision,
         }

@@ -100,17 +100,11 @@ async def promote_member(node: Node, body: Mapping[str, Any]) -> None:
         raise RequestFailed(_CODE_NOT_FOUND, "etcdserver: member not found")
     if nid not in node.rawnode.conf_state().learners:
         raise RequestFailed(_CODE_FAILED_PRECONDITION, "etcdserver: can only promote a learner member")
-    if not node.is_leader:
-        raise (
-            NotLeader(node.leader_id, None)
-            if node.leader_id
-            else RequestFailed(_CODE_UNAVAILABLE, "etcdserver: no leader")
-        )
     try:
-        await _conf_change(node.promote_member(nid))
+        await _conf_change(node.promote_member(nid))  # on a follower: NotLeader, so the handler forwards it
+    except NotLeader:
+        raise
     except RaftError as exc:
-        if isinstance(exc, NotLeader):
-            raise
         raise RequestFailed(
             _CODE_FAILED_PRECONDITION,
             f"etcdserver: can only promote a learner member which is in sync with leader ({exc})",

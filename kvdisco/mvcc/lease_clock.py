@@ -87,9 +87,8 @@ class LeaseClock:
 
     def renew(self, lease_id: int) -> tuple[int, LeaseCheckpoint | None]:
         """A keepalive: the TTL to answer with, and a checkpoint to propose, if one must be cleared."""
-        now = self._reconcile()
-        deadline = self._deadlines.get(lease_id)
-        if deadline is None or deadline <= now:
+        now, deadline = self._deadline(lease_id)
+        if deadline <= now:
             raise LeaseNotFoundError()
         ttl, clear = keepalive(self._lessor, lease_id)
         self._deadlines[lease_id] = now + ttl
@@ -98,11 +97,25 @@ class LeaseClock:
 
     def remaining(self, lease_id: int) -> int:
         """Whole seconds left (rounded up, as etcd), 0 once expired; LeaseNotFoundError if unknown."""
-        now = self._reconcile()
+        now, deadline = self._deadline(lease_id)
+        return max(0, math.ceil(deadline - now))
+
+    def _deadline(self, lease_id: int) -> tuple[float, float]:
+        """``(now, deadline)`` of a lease that exists; LeaseNotFoundError otherwise.
+
+        A keepalive is frequent, so the full reconcile (O(leases)) runs only for a lease granted since
+        the last one; a revoked lease is told apart by the lessor, whose lookup is O(1).
+        """
+        self._lessor.lookup(lease_id)
         deadline = self._deadlines.get(lease_id)
         if deadline is None:
-            raise LeaseNotFoundError()
-        return max(0, math.ceil(deadline - now))
+            now = self._reconcile()
+            deadline = self._deadlines[lease_id]
+        else:
+            if not self._active:
+                raise NotLeaseLeaderError("this member does not keep lease time: it is not the leader")
+            now = self._clock()
+        return now, deadline
 
     def expired(self, limit: int = 1000) -> list[int]:
         """Leases to revoke now, each handed out again only after ``retry_s``."""
