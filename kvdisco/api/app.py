@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from kvdisco.api import v1, v3
+from kvdisco.api import v1, v3, v3_watch
 from kvdisco.api.backend import Backend, RequestFailed
 from kvdisco.api.metrics import Metrics
 from kvdisco.mvcc.limits import REQUEST_BYTES_MAX
@@ -107,5 +107,6 @@ def make_app(backend: Backend) -> web.Application:
     app.router.add_get("/health", livez)
     app.router.add_get("/metrics", metrics)
     v3.add_routes(app)
+    v3_watch.add_routes(app)
     v1.add_routes(app)
     return app

@@ -620,7 +620,7 @@ def test_v3_watch_first_message(node: Node) -> None:
 )
 def test_v3_watch_of_an_empty_range_is_answered(create: dict[str, str], node: Node) -> None:
     """etcd answers a watch it cannot create with created+canceled and a cancel_reason. (Found by
-    the fuzzer: WatchHub.watch raised out of v3._WatchStream._create after the 200 had been sent,
+    the fuzzer: WatchHub.watch raised out of v3_watch._WatchStream._create after the 200 had been sent,
     and the stream just ended, "Response ended prematurely".)"""
     raw = _dumps({"create_request": create})
     with node.session.post(node.url + "/v3/watch", data=raw, stream=True, timeout=TIMEOUT_S) as resp:
