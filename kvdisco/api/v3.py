@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -53,51 +54,98 @@ SERVER_VERSION = "3.4.0-kvdisco"
 #: Bytes of snapshot per streamed maintenance/snapshot message (before base64).
 SNAPSHOT_CHUNK_BYTES = 256 * 1024
 
-V3Handler = Callable[[web.Request, Backend, dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-def _json_response(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=codec.dumps(obj), content_type="application/json")
+V3Handler = Callable[[Backend, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def error_response(code: int, message: str) -> web.Response:
-    status, body = codec.error_body(code, message)
-    return _json_response(body, status)
+    return to_response(error_answer(code, message))
 
 
 def response_header(b: Backend, revision: int | None = None) -> dict[str, Any]:
     return codec.header(b.cluster_id, b.member_id, b.revision if revision is None else revision, b.raft_term)
 
 
-def _memberresponse_header(b: Backend) -> dict[str, Any]:
+def _member_header(b: Backend) -> dict[str, Any]:
     """Cluster responses carry no store revision (as etcd's)."""
     return codec.header(b.cluster_id, b.member_id, 0, b.raft_term)
 
 
-async def forward_to_leader(request: web.Request, body: bytes, b: Backend, exc: NotLeader) -> web.Response:
-    """Send the request (method, path, query, body) unchanged to the leader and relay its answer.
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One HTTP answer, whichever server (aiohttp or the fast path) writes it."""
 
-    Shared by /v3 and /v1. Only a request that never left gets "no leader", which says it was not applied.
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+def error_answer(code: int, message: str) -> Answer:
+    status, body = codec.error_body(code, message)
+    return Answer(status, codec.dumps(body))
+
+
+async def answer_unary(fn: V3Handler, b: Backend, raw: bytes) -> Answer:
+    """Decode one unary request, run it, encode the result or the error. NotLeader propagates: forward it."""
+    try:
+        return Answer(200, codec.dumps(await fn(b, codec.loads(raw))))
+    except codec.BadRequest as exc:
+        return error_answer(exc.code, exc.message)
+    except (MvccError, RequestFailed) as exc:
+        return error_answer(exc.code, exc.message)
+
+
+async def forward(
+    session: aiohttp.ClientSession,
+    b: Backend,
+    exc: NotLeader,
+    method: str,
+    path_qs: str,
+    body: bytes,
+    *,
+    content_type: str | None,
+    already_forwarded: bool,
+) -> Answer:
+    """Send a request (method, path, query, body) unchanged to the leader and relay its answer.
+
+    Shared by /v3 and /v1 and by both HTTP servers. Only a request that never left gets "no leader",
+    which says it was not applied.
     """
     info = b.node.member(exc.leader_hint)
-    if request.headers.get(FORWARD_HEADER) or info is None or not info.client_urls:
-        return error_response(CODE_UNAVAILABLE, "etcdserver: no leader")
-    session = request.app[FORWARD_SESSION_KEY]
-    url = info.client_urls[0].rstrip("/") + request.path_qs
+    if already_forwarded or info is None or not info.client_urls:
+        return error_answer(CODE_UNAVAILABLE, "etcdserver: no leader")
+    url = info.client_urls[0].rstrip("/") + path_qs
     headers = {FORWARD_HEADER: f"{b.member_id:x}"}
-    if "Content-Type" in request.headers:
-        headers["Content-Type"] = request.headers["Content-Type"]
+    if content_type:
+        headers["Content-Type"] = content_type
     try:
-        async with session.request(request.method, url, data=body, headers=headers) as resp:
-            payload = await resp.read()
-            return web.Response(status=resp.status, body=payload, content_type=resp.content_type)
+        async with session.request(method, url, data=body, headers=headers) as resp:
+            return Answer(resp.status, await resp.read(), resp.content_type)
     except aiohttp.ClientConnectorError as err:
         # Nothing was sent: the request cannot have been applied, and "no leader" tells the client so.
         log.debug("forward to leader %s failed: %r", url, err)
-        return error_response(CODE_UNAVAILABLE, "etcdserver: no leader")
+        return error_answer(CODE_UNAVAILABLE, "etcdserver: no leader")
     except (aiohttp.ClientError, TimeoutError) as err:
         log.debug("forward to leader %s failed: %r", url, err)
-        return error_response(CODE_UNAVAILABLE, "etcdserver: request timed out")
+        return error_answer(CODE_UNAVAILABLE, "etcdserver: request timed out")
+
+
+def to_response(a: Answer) -> web.Response:
+    return web.Response(status=a.status, body=a.body, content_type=a.content_type)
+
+
+async def forward_to_leader(request: web.Request, body: bytes, b: Backend, exc: NotLeader) -> web.Response:
+    """:func:`forward` for a request aiohttp received."""
+    a = await forward(
+        request.app[FORWARD_SESSION_KEY],
+        b,
+        exc,
+        request.method,
+        request.path_qs,
+        body,
+        content_type=request.headers.get("Content-Type"),
+        already_forwarded=bool(request.headers.get(FORWARD_HEADER)),
+    )
+    return to_response(a)
 
 
 def _handler(fn: V3Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -105,14 +153,9 @@ def _handler(fn: V3Handler) -> Callable[[web.Request], Awaitable[web.StreamRespo
         b = request.app[BACKEND_KEY]
         raw = await request.read()
         try:
-            body = codec.loads(raw)
-            return _json_response(await fn(request, b, body))
+            return to_response(await answer_unary(fn, b, raw))
         except NotLeader as exc:
             return await forward_to_leader(request, raw, b, exc)
-        except codec.BadRequest as exc:
-            return error_response(exc.code, exc.message)
-        except (MvccError, RequestFailed) as exc:
-            return error_response(exc.code, exc.message)
 
     handle.__name__ = fn.__name__
     return handle
@@ -121,28 +164,28 @@ def _handler(fn: V3Handler) -> Callable[[web.Request], Awaitable[web.StreamRespo
 # -- kv ---------------------------------------------------------------------------------------------------------------
 
 
-async def kv_range(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def kv_range(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     req, serializable = codec.parse_range(body)
     res = await b.range(req, serializable)
     return codec.range_response(response_header(b, res.revision), res)
 
 
-async def kv_put(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def kv_put(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     res = await b.put(codec.parse_put(body))
     return codec.put_response(response_header(b, res.revision), res)
 
 
-async def kv_delete_range(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def kv_delete_range(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     res = await b.delete_range(codec.parse_delete_range(body))
     return codec.delete_range_response(response_header(b, res.revision), res)
 
 
-async def kv_txn(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def kv_txn(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     res = await b.txn(codec.parse_txn(body))
     return codec.txn_response(response_header(b, res.revision), res)
 
 
-async def kv_compaction(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def kv_compaction(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     res = await b.compact(codec.parse_compaction(body))
     return codec.compaction_response(response_header(b, res.revision))
 
@@ -150,17 +193,17 @@ async def kv_compaction(request: web.Request, b: Backend, body: dict[str, Any]) 
 # -- leases -----------------------------------------------------------------------------------------------------------
 
 
-async def lease_grant(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def lease_grant(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     res = await b.lease_grant(codec.parse_lease_grant(body))
     return codec.lease_grant_response(response_header(b), res)
 
 
-async def lease_revoke(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def lease_revoke(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     await b.lease_revoke(codec.parse_lease_id(body))
     return codec.lease_revoke_response(response_header(b))
 
 
-async def lease_keepalive(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def lease_keepalive(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     lease_id = codec.parse_lease_id(body)
     try:
         ttl = await b.lease_keepalive(lease_id)
@@ -169,7 +212,7 @@ async def lease_keepalive(request: web.Request, b: Backend, body: dict[str, Any]
     return codec.lease_keepalive_response(response_header(b), lease_id, ttl)
 
 
-async def lease_time_to_live(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def lease_time_to_live(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     lease_id, keys = codec.parse_lease_timetolive(body)
     info = await b.lease_time_to_live(lease_id, keys)
     return codec.lease_timetolive_response(
@@ -177,7 +220,7 @@ async def lease_time_to_live(request: web.Request, b: Backend, body: dict[str, A
     )
 
 
-async def lease_leases(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def lease_leases(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     codec.parse_empty(body, "LeaseLeasesRequest")
     return codec.lease_leases_response(response_header(b), await b.leases())
 
@@ -185,7 +228,7 @@ async def lease_leases(request: web.Request, b: Backend, body: dict[str, Any]) -
 # -- maintenance and cluster ------------------------------------------------------------------------------------------
 
 
-async def maintenance_status(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def maintenance_status(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     codec.parse_empty(body, "StatusRequest")
     st = b.status()
     errors = (str(b.node.failure),) if b.node.failure is not None else ()
@@ -203,24 +246,24 @@ async def maintenance_status(request: web.Request, b: Backend, body: dict[str, A
     )
 
 
-async def cluster_member_list(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def cluster_member_list(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     codec.parse_member_list(body)
-    return {"header": _memberresponse_header(b), "members": member_list(b.node)}
+    return {"header": _member_header(b), "members": member_list(b.node)}
 
 
-async def cluster_member_add(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def cluster_member_add(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     added = await add_member(b.node, body)
-    return {"header": _memberresponse_header(b), "member": added, "members": member_list(b.node)}
+    return {"header": _member_header(b), "member": added, "members": member_list(b.node)}
 
 
-async def cluster_member_remove(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def cluster_member_remove(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     await remove_member(b.node, body)
-    return {"header": _memberresponse_header(b), "members": member_list(b.node)}
+    return {"header": _member_header(b), "members": member_list(b.node)}
 
 
-async def cluster_member_promote(request: web.Request, b: Backend, body: dict[str, Any]) -> dict[str, Any]:
+async def cluster_member_promote(b: Backend, body: dict[str, Any]) -> dict[str, Any]:
     await promote_member(b.node, body)
-    return {"header": _memberresponse_header(b), "members": member_list(b.node)}
+    return {"header": _member_header(b), "members": member_list(b.node)}
 
 
 async def maintenance_snapshot(request: web.Request) -> web.StreamResponse:
@@ -248,27 +291,30 @@ async def maintenance_snapshot(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+#: The unary /v3 routes. Both HTTP servers serve them with the same handlers (see fastpath.py).
+UNARY_ROUTES: dict[str, V3Handler] = {
+    "/v3/kv/range": kv_range,
+    "/v3/kv/put": kv_put,
+    "/v3/kv/deleterange": kv_delete_range,
+    "/v3/kv/txn": kv_txn,
+    "/v3/kv/compaction": kv_compaction,
+    "/v3/lease/grant": lease_grant,
+    "/v3/lease/revoke": lease_revoke,
+    "/v3/kv/lease/revoke": lease_revoke,
+    "/v3/lease/keepalive": lease_keepalive,
+    "/v3/lease/timetolive": lease_time_to_live,
+    "/v3/kv/lease/timetolive": lease_time_to_live,
+    "/v3/lease/leases": lease_leases,
+    "/v3/kv/lease/leases": lease_leases,
+    "/v3/maintenance/status": maintenance_status,
+    "/v3/cluster/member/list": cluster_member_list,
+    "/v3/cluster/member/add": cluster_member_add,
+    "/v3/cluster/member/remove": cluster_member_remove,
+    "/v3/cluster/member/promote": cluster_member_promote,
+}
+
+
 def add_routes(app: web.Application) -> None:
-    routes: dict[str, V3Handler] = {
-        "/v3/kv/range": kv_range,
-        "/v3/kv/put": kv_put,
-        "/v3/kv/deleterange": kv_delete_range,
-        "/v3/kv/txn": kv_txn,
-        "/v3/kv/compaction": kv_compaction,
-        "/v3/lease/grant": lease_grant,
-        "/v3/lease/revoke": lease_revoke,
-        "/v3/kv/lease/revoke": lease_revoke,
-        "/v3/lease/keepalive": lease_keepalive,
-        "/v3/lease/timetolive": lease_time_to_live,
-        "/v3/kv/lease/timetolive": lease_time_to_live,
-        "/v3/lease/leases": lease_leases,
-        "/v3/kv/lease/leases": lease_leases,
-        "/v3/maintenance/status": maintenance_status,
-        "/v3/cluster/member/list": cluster_member_list,
-        "/v3/cluster/member/add": cluster_member_add,
-        "/v3/cluster/member/remove": cluster_member_remove,
-        "/v3/cluster/member/promote": cluster_member_promote,
-    }
-    for path, fn in routes.items():
+    for path, fn in UNARY_ROUTES.items():
         app.router.add_post(path, _handler(fn))
     app.router.add_post("/v3/maintenance/snapshot", maintenance_snapshot)

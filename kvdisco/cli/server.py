@@ -24,6 +24,7 @@ from aiohttp import web
 
 from kvdisco.api.app import make_app
 from kvdisco.api.backend import Backend, BackendConfig, WatchedMachine
+from kvdisco.api.fastpath import GatewaySite
 from kvdisco.mvcc.lease_clock import LeaseClock
 from kvdisco.mvcc.machine import KVMachine
 from kvdisco.mvcc.watch import WatchHub
@@ -229,7 +230,7 @@ async def serve(args: argparse.Namespace) -> int:
     runner = web.AppRunner(make_app(backend), shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None)
     await runner.setup()
     host, port = _host_port(client_listen, "--listen-client-urls")
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = GatewaySite(runner, host, port, shutdown_timeout=SHUTDOWN_GRACE_S)
     try:
         await site.start()
     except OSError as exc:
