@@ -38,6 +38,7 @@ from kvdisco.client import (
     PutResult,
     Status,
     TxnResult,
+    WatchBatch,
 )
 
 __all__ = ["main"]
@@ -254,13 +255,28 @@ async def cmd_del(c: Client, a: argparse.Namespace, p: Printer) -> int:
     return 0
 
 
-def print_event(p: Printer, ev: Event, revision: int) -> None:
-    if p.fmt == "json":
-        body: JSON = {"type": ev.type.value, "kv": kv_json(ev.kv)}
-        if ev.prev_kv is not None:
-            body["prev_kv"] = kv_json(ev.prev_kv)
-        p.json({"revision": revision, "event": body})
-        return
+def event_json(ev: Event) -> JSON:
+    """As etcdctl prints an mvccpb.Event: the type only when it is not PUT (0), as a number."""
+    body: JSON = {"type": 1} if ev.type.value == "DELETE" else {}
+    body["kv"] = kv_json(ev.kv)
+    if ev.prev_kv is not None:
+        body["prev_kv"] = kv_json(ev.prev_kv)
+    return body
+
+
+def watch_json(batch: WatchBatch) -> JSON:
+    """etcdctl -w json prints each watch response as Go's encoding/json shows clientv3.WatchResponse."""
+    header = batch.header or Header(0, 0, batch.revision, 0)
+    return {
+        "Header": header_json(header),
+        "Events": [event_json(ev) for ev in batch.events],
+        "CompactRevision": 0,
+        "Canceled": False,
+        "Created": False,
+    }
+
+
+def print_event(p: Printer, ev: Event) -> None:
     p.line(ev.type.value)
     if ev.prev_kv is not None:
         p.kvs([ev.prev_kv])
@@ -270,8 +286,11 @@ def print_event(p: Printer, ev: Event, revision: int) -> None:
 async def cmd_watch(c: Client, a: argparse.Namespace, p: Printer) -> int:
     async with c.watch(a.key, prefix=a.prefix, range_end=a.range_end, start_revision=a.rev, prev_kv=a.prev_kv) as w:
         async for batch in w.batches():
-            for ev in batch.events:
-                print_event(p, ev, batch.revision)
+            if p.fmt == "json":
+                p.json(watch_json(batch))
+            else:
+                for ev in batch.events:
+                    print_event(p, ev)
             p.out.flush()
     return 0
 

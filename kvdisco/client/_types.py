@@ -309,3 +309,5 @@ class WatchBatch:
 
     revision: int
     events: tuple[Event, ...]
+    #: The header of the server's response that carried these events.
+    header: Header | None = None

@@ -196,12 +196,12 @@ class Watch:
             if rev < self.next_revision:
                 continue  # already delivered before a reconnect
             if rev != current_rev and current:
-                out.append(WatchBatch(current_rev, tuple(current)))
+                out.append(WatchBatch(current_rev, tuple(current), header))
                 current = []
             current_rev = rev
             current.append(ev)
         if current:
-            out.append(WatchBatch(current_rev, tuple(current)))
+            out.append(WatchBatch(current_rev, tuple(current), header))
         if out:
             self.next_revision = out[-1].revision + 1
         return out

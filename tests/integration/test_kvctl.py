@@ -245,6 +245,41 @@ def test_watch_output_matches_etcdctl(server1: Cluster, ns: str) -> None:
 
 
 @requires_etcdctl
+def test_json_watch_output_matches_etcdctl(server1: Cluster, ns: str) -> None:
+    """Each line is a WatchResponse as etcdctl prints it. etcdctl prints one line per server response and
+    kvctl one per revision, so the two are compared event by event, each with the header it came with."""
+    start = json.loads(ok(kvctl(server1, "-w", "json", "put", ns + "jseed", "0")))["header"]["revision"] + 1
+    ok(kvctl(server1, "put", ns + "jw", "1"))
+    ok(kvctl(server1, "put", ns + "jw", "2"))
+    ok(kvctl(server1, "del", ns + "jw"))
+
+    def watch(cmd: list[str]) -> list[tuple[str, str]]:
+        args = ["-w", "json", "watch", "--prefix", "--prev-kv", "--rev", str(start), ns + "jw"]
+        p = subprocess.Popen(
+            [*cmd, f"--endpoints={server1.endpoints[0]}", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=_env(),
+        )
+        flat: list[tuple[str, str]] = []
+        try:
+            assert p.stdout is not None
+            while len(flat) < 3:
+                line = json.loads(p.stdout.readline())
+                assert set(line) == {"Header", "Events", "CompactRevision", "Canceled", "Created"}
+                flat += [(json.dumps(line["Header"]), json.dumps(ev, sort_keys=True)) for ev in line["Events"]]
+            return flat
+        finally:
+            p.kill()
+            p.wait()
+
+    mine = watch(KVCTL)
+    assert mine == watch(["etcdctl"])
+    assert json.loads(mine[2][1])["type"] == 1 and "type" not in json.loads(mine[0][1])
+
+
+@requires_etcdctl
 def test_compaction_errors_and_snapshot(server1: Cluster, ns: str, tmp_path: Path) -> None:
     r1 = json.loads(ok(kvctl(server1, "-w", "json", "put", ns + "k", "1")))["header"]["revision"]
     r2 = json.loads(ok(kvctl(server1, "-w", "json", "put", ns + "k", "2")))["header"]["revision"]
