@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import random
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 
-from .cluster import LocalCluster
+from .cluster import LocalCluster, Member
 from .test_serve import _wait_ready
 
 
@@ -42,10 +44,17 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     return status, headers, body
 
 
-async def test_answers_stay_in_order_across_the_hand_over_to_aiohttp(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def one_member(tmp_path: Path) -> AsyncIterator[Member]:
+    """A single-member cluster, ready to serve."""
     async with LocalCluster(tmp_path, 1) as cluster:
         m = await cluster.leader()
         await _wait_ready(cluster)
+        yield m
+
+
+async def test_answers_stay_in_order_across_the_hand_over_to_aiohttp(tmp_path: Path) -> None:
+    async with one_member(tmp_path) as m:
         reader, writer = await asyncio.open_connection("127.0.0.1", m.client_port)
         try:
             # Pipelined: two puts and a range on the fast path, a GET only aiohttp serves, then a range
@@ -72,9 +81,7 @@ async def test_answers_stay_in_order_across_the_hand_over_to_aiohttp(tmp_path: P
 
 
 async def test_a_request_split_at_every_byte_is_served(tmp_path: Path) -> None:
-    async with LocalCluster(tmp_path, 1) as cluster:
-        m = await cluster.leader()
-        await _wait_ready(cluster)
+    async with one_member(tmp_path) as m:
         reader, writer = await asyncio.open_connection("127.0.0.1", m.client_port)
         try:
             request = post("/v3/kv/put", {"key": b64("split"), "value": b64("v")}, "Content-Type: application/json")
@@ -95,9 +102,7 @@ async def test_a_request_split_at_every_byte_is_served(tmp_path: Path) -> None:
 
 
 async def test_unusual_http_gets_aiohttps_answers_and_the_member_lives_on(tmp_path: Path) -> None:
-    async with LocalCluster(tmp_path, 1) as cluster:
-        m = await cluster.leader()
-        await _wait_ready(cluster)
+    async with one_member(tmp_path) as m:
 
         async def exchange(raw: bytes) -> tuple[int, dict[str, str], bytes]:
             reader, writer = await asyncio.open_connection("127.0.0.1", m.client_port)
@@ -162,9 +167,7 @@ def _mutants(rng: random.Random, n: int) -> list[bytes]:
 
 async def test_mutated_requests_never_break_the_member(tmp_path: Path) -> None:
     """After any mutated request the member answers or closes the connection, and keeps serving."""
-    async with LocalCluster(tmp_path, 1) as cluster:
-        m = await cluster.leader()
-        await _wait_ready(cluster)
+    async with one_member(tmp_path) as m:
         for junk in _mutants(random.Random(20261127), 150):
             reader, writer = await asyncio.open_connection("127.0.0.1", m.client_port)
             try:
@@ -184,9 +187,7 @@ async def test_mutated_requests_never_break_the_member(tmp_path: Path) -> None:
 
 
 async def test_sigterm_closes_idle_fast_path_connections(tmp_path: Path) -> None:
-    async with LocalCluster(tmp_path, 1) as cluster:
-        m = await cluster.leader()
-        await _wait_ready(cluster)
+    async with one_member(tmp_path) as m:
         reader, writer = await asyncio.open_connection("127.0.0.1", m.client_port)
         writer.write(post("/v3/kv/range", {"key": b64("x")}))
         assert (await read_response(reader))[0] == 200

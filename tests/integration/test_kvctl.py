@@ -215,6 +215,11 @@ def test_member_add_and_remove(server1: Cluster) -> None:
     assert re.match(rf"Member\s+{mid} removed from cluster", ok(kvctl(server1, "member", "remove", mid)))
 
 
+def _spawn(argv: list[str]) -> subprocess.Popen[str]:
+    """A long-running command (a watch) whose output the test reads line by line."""
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env())
+
+
 @requires_etcdctl
 def test_watch_output_matches_etcdctl(server1: Cluster, ns: str) -> None:
     start = json.loads(ok(kvctl(server1, "-w", "json", "put", ns + "seed", "0")))["header"]["revision"] + 1
@@ -225,13 +230,7 @@ def test_watch_output_matches_etcdctl(server1: Cluster, ns: str) -> None:
 
     def watch(cmd: list[str]) -> list[str]:
         args = ["watch", "--prefix", "--prev-kv", "--rev", str(start), ns + "w"]
-        p = subprocess.Popen(
-            [*cmd, f"--endpoints={server1.endpoints[0]}", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=_env(),
-        )
+        p = _spawn([*cmd, f"--endpoints={server1.endpoints[0]}", *args])
         try:
             assert p.stdout is not None
             return [p.stdout.readline() for _ in range(expected_lines)]
@@ -255,13 +254,7 @@ def test_json_watch_output_matches_etcdctl(server1: Cluster, ns: str) -> None:
 
     def watch(cmd: list[str]) -> list[tuple[str, str]]:
         args = ["-w", "json", "watch", "--prefix", "--prev-kv", "--rev", str(start), ns + "jw"]
-        p = subprocess.Popen(
-            [*cmd, f"--endpoints={server1.endpoints[0]}", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=_env(),
-        )
+        p = _spawn([*cmd, f"--endpoints={server1.endpoints[0]}", *args])
         flat: list[tuple[str, str]] = []
         try:
             assert p.stdout is not None
