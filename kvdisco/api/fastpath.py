@@ -129,7 +129,7 @@ def render(a: v3.Answer, keep_alive: bool, date: bytes) -> bytes:
         (
             b"HTTP/1.1 %d %s\r\n" % (a.status, _REASONS.get(a.status, b"Unknown")),
             b"Content-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\nServer: kvdisco\r\n"
-            % (a.content_type.encode("latin-1"), len(a.body), date),
+            % (a.content_type.encode("latin-1", "replace"), len(a.body), date),
             b"" if keep_alive else b"Connection: close\r\n",
             b"\r\n",
             a.body,
@@ -155,6 +155,15 @@ class _Gateway:
     async def answer(self, head: Head, body: bytes) -> v3.Answer:
         start = time.perf_counter()
         try:
+            return await self._answer(head, body)
+        except Exception:  # a bug: the client gets a 500 and the member goes on, as with aiohttp
+            log.exception("error serving %s", head.path)
+            return _INTERNAL_ERROR
+        finally:
+            self.latency.observe(head.path, time.perf_counter() - start)
+
+    async def _answer(self, head: Head, body: bytes) -> v3.Answer:
+        try:
             return await v3.answer_unary(self.routes[head.path], self.backend, body)
         except NotLeader as exc:
             return await v3.forward(
@@ -167,11 +176,6 @@ class _Gateway:
                 content_type=head.content_type,
                 already_forwarded=head.forwarded,
             )
-        except Exception:  # a bug: the client gets a 500 and the member goes on, as with aiohttp
-            log.exception("error serving %s", head.path)
-            return _INTERNAL_ERROR
-        finally:
-            self.latency.observe(head.path, time.perf_counter() - start)
 
     def close_idle(self, older_than: float) -> None:
         """Close connections with no request in progress and no activity since ``older_than``."""
@@ -257,17 +261,21 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(render(answer, head.keep_alive, self.gateway.date.get()))
-        if not head.keep_alive:
-            transport.close()
-            return
-        if not self._reading:
-            self._reading = True
-            transport.resume_reading()
-        if self.buf:
-            self._next()
-        if self._eof and self.busy is None:
-            self.close()
+        try:
+            transport.write(render(answer, head.keep_alive, self.gateway.date.get()))
+            if not head.keep_alive:
+                transport.close()
+                return
+            if not self._reading:
+                self._reading = True
+                transport.resume_reading()
+            if self.buf:
+                self._next()
+            if self._eof and self.busy is None:
+                self.close()
+        except Exception:  # a bug: lose this connection, not the member
+            log.exception("error on a client connection")
+            transport.abort()
 
     def _hand_over(self) -> None:
         """From now on aiohttp serves this connection, starting with the bytes not yet consumed."""
