@@ -10,9 +10,11 @@ Workloads:
   range.lua (a linearizable single-key range), at each --connections count.
 * ``watch``: --watchers streaming watches (POST /v3/watch) on one prefix, each on its own
   connection spread over the members, then --watch-puts puts at a steady rate; the latency from
-  sending a put to each watcher receiving its event (commit + fan-out + delivery), p50 and p99.
-  The client is one Python process reading every stream, so at 1,000 watchers this end-to-end
-  figure is bound by the client; kvdisco's own apply-to-socket latency is also read from its
+  sending a put to each watcher receiving its event (commit + fan-out + delivery), p50 and p99,
+  and a check that every watcher got every event once and in order (bench/watch_fanout.py:
+  --watch-clients processes on raw sockets, and each event's arrival taken from the kernel's
+  receive timestamp, so the client's own speed is not measured; the time each event was read is
+  reported too, as read_p50_ms/read_p99_ms). kvdisco's own apply-to-socket latency is also read from its
   ``kvdisco_watch_delivery_seconds`` metric and printed as "server side".
 
 Usage::
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
+from watch_fanout import run as watch_fanout_run
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA_DIR = ROOT.parent / "shared" / "bench"
@@ -206,81 +208,39 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str,
     return res
 
 
-async def watch_fanout(c: Cluster, leader: str, watchers: int, puts: int, rate: float) -> dict[str, float]:
+async def watch_fanout(c: Cluster, leader: str, watchers: int, puts: int, rate: float, clients: int) -> dict[str, Any]:
     """Open ``watchers`` watch streams, then put ``puts`` keys; latency from each put's send to each delivery."""
-    prefix = f"fan-{time.monotonic_ns()}/".encode()
-    sent: dict[bytes, float] = {}
-    latencies: list[float] = []
-    ready = 0
-    conn = aiohttp.TCPConnector(limit=0)
-    session = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
-
-    async def one(i: int) -> None:
-        nonlocal ready
-        url = c.client_urls[i % len(c.client_urls)] + "/v3/watch"
-        body = {"create_request": {"key": b64(prefix), "range_end": b64(prefix[:-1] + bytes([prefix[-1] + 1]))}}
-        async with session.post(url, json=body) as r:
-            got = 0
-            while got < puts:
-                line = await r.content.readline()  # both servers end each result with a newline
-                if not line:
-                    return
-                now = time.perf_counter()
-                result = orjson.loads(line).get("result", {})
-                if result.get("created"):
-                    ready += 1
-                for ev in result.get("events", []):
-                    latencies.append(now - sent[base64.b64decode(ev["kv"]["key"])])
-                    got += 1
-
-    tasks = [asyncio.ensure_future(one(i)) for i in range(watchers)]
-    deadline = time.monotonic() + 60
-    while ready < watchers and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    async with aiohttp.ClientSession() as s:
-        for n in range(puts):
-            key = prefix + b"%06d" % n
-            sent[key] = time.perf_counter()
-            await post(s, leader + "/v3/kv/put", {"key": b64(key), "value": b64(b"x" * 64)})
-            await asyncio.sleep(1.0 / rate)
-    _done, pending = await asyncio.wait(tasks, timeout=30)
-    for t in pending:
-        t.cancel()
-    await session.close()
-    latencies.sort()
-    expected = watchers * puts
-
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1e3 if latencies else float("nan")
-
-    return {
-        "watchers_ready": ready,
-        "delivered": len(latencies),
-        "expected": expected,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-    }
+    return await watch_fanout_run(c.client_urls, leader, watchers, puts, rate, clients)
 
 
 _DELIVERY_BUCKET = re.compile(r'^kvdisco_watch_delivery_seconds_bucket\{le="([^"]+)",route="v3"\} (\S+)$', re.M)
 
 
-async def scrape_watch_delivery(c: Cluster) -> dict[str, float]:
-    """kvdisco's own apply-to-socket watch latency, from /metrics (bucket upper bounds, summed over members)."""
-    buckets: dict[float, float] = {}
-    async with aiohttp.ClientSession() as s:
-        for url in c.client_urls:
-            async with s.get(url + "/metrics") as r:
-                text = await r.text()
-            for m in _DELIVERY_BUCKET.finditer(text):
-                bound = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
-                buckets[bound] = buckets.get(bound, 0.0) + float(m.group(2))
+def _bucket_quantiles(buckets: dict[float, float]) -> dict[str, float]:
+    """p50 and p99 as the upper bound of the bucket that holds them (cumulative bucket counts)."""
     total = buckets.get(float("inf"), 0.0)
     out: dict[str, float] = {"deliveries": total}
     for q in (0.5, 0.99):
         bound = next((b for b in sorted(buckets) if buckets[b] >= q * total), float("nan"))
         out[f"p{int(q * 100)}_le_ms"] = bound * 1e3
     return out
+
+
+async def scrape_watch_delivery(c: Cluster) -> dict[str, Any]:
+    """kvdisco's own apply-to-socket watch latency, from /metrics (bucket upper bounds), all members and each."""
+    buckets: dict[float, float] = {}
+    by_member: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as s:
+        for url in c.client_urls:
+            async with s.get(url + "/metrics") as r:
+                text = await r.text()
+            mine: dict[float, float] = {}
+            for m in _DELIVERY_BUCKET.finditer(text):
+                bound = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+                mine[bound] = float(m.group(2))
+                buckets[bound] = buckets.get(bound, 0.0) + float(m.group(2))
+            by_member[url] = _bucket_quantiles(mine)
+    return {**_bucket_quantiles(buckets), "by_member": by_member}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -302,7 +262,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             if workload == "watch":
                 row: dict[str, Any] = {"workload": f"watch x{args.watchers}"}
                 for name, c in clusters.items():
-                    row[name] = await watch_fanout(c, leaders[name], args.watchers, args.watch_puts, args.watch_rate)
+                    row[name] = await watch_fanout(
+                        c, leaders[name], args.watchers, args.watch_puts, args.watch_rate, args.watch_clients
+                    )
                     if name == "kvdisco":
                         row["kvdisco_server_side"] = await scrape_watch_delivery(c)
                     print(name, row[name], row.get("kvdisco_server_side", ""), flush=True)
@@ -336,6 +298,13 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{row['workload']:<16}{'p50 {:.1f} p99 {:.1f} ms'.format(e['p50_ms'], e['p99_ms']):>26}"
                 f"{'p50 {:.1f} p99 {:.1f} ms'.format(k['p50_ms'], k['p99_ms']):>26}"
             )
+            check = {
+                s: "{}/{} ev, {} dup, {} late".format(
+                    row[s]["delivered"], row[s]["expected"], row[s]["duplicates"], row[s]["out_of_order"]
+                )
+                for s in ("etcd", "kvdisco")
+            }
+            print(f"{'  delivered':<16}{check['etcd']:>26}{check['kvdisco']:>26}")
             srv = row.get("kvdisco_server_side")
             if srv:
                 print(
@@ -356,6 +325,7 @@ def main() -> None:
     p.add_argument("--watchers", type=int, default=1000)
     p.add_argument("--watch-puts", type=int, default=100)
     p.add_argument("--watch-rate", type=float, default=20.0, help="puts per second during the watch test")
+    p.add_argument("--watch-clients", type=int, default=2, help="processes reading the watch streams")
     p.add_argument("--dir", default=None, help="keep data and logs here")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")

@@ -20,6 +20,8 @@ from kvdisco.api.backend import Backend
 __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Watch delivery is held to a 20 ms goal: steps of 1/2/3/5/7.5/10/15/20/30 ms around it.
+_WATCH_DELIVERY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0, 10.0)
 
 
 class _MemberCollector(Collector):
@@ -65,24 +67,26 @@ class RequestLatency(Collector):
         self,
         name: str = "kvdisco_http_request_duration_seconds",
         doc: str = "HTTP request latency by route (streams: until the response starts).",
+        buckets: tuple[float, ...] = _LATENCY_BUCKETS,
     ) -> None:
         self._name = name
         self._doc = doc
+        self._buckets = buckets
         #: Route -> [count per bucket (the last one is +Inf)..., sum of seconds].
         self._routes: dict[str, list[float]] = {}
 
     def observe(self, route: str, seconds: float) -> None:
         h = self._routes.get(route)
         if h is None:
-            h = self._routes[route] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
-        h[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+            h = self._routes[route] = [0.0] * (len(self._buckets) + 2)
+        h[bisect.bisect_left(self._buckets, seconds)] += 1
         h[-1] += seconds
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._doc, labels=["route"])
         for route, h in sorted(self._routes.items()):
             cumulative, buckets = 0.0, []
-            for bound, n in zip([*map(str, _LATENCY_BUCKETS), "+Inf"], h[:-1], strict=True):
+            for bound, n in zip([*map(str, self._buckets), "+Inf"], h[:-1], strict=True):
                 cumulative += n
                 buckets.append((bound, cumulative))
             family.add_metric([route], buckets, h[-1])
@@ -97,7 +101,9 @@ class Metrics:
         self.registry.register(self.request_seconds)
         #: From applying a write to writing its watch response on the socket, by API ("v3", "v1").
         self.watch_delivery_seconds = RequestLatency(
-            "kvdisco_watch_delivery_seconds", "From applying a write to sending its events to a watcher, by API."
+            "kvdisco_watch_delivery_seconds",
+            "From applying a write to sending its events to a watcher, by API.",
+            _WATCH_DELIVERY_BUCKETS,
         )
         self.registry.register(self.watch_delivery_seconds)
 

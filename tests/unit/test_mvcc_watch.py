@@ -435,6 +435,68 @@ def test_resuming_from_next_revision_gets_exactly_the_rest() -> None:
     assert seen + events_of(drain(again)) == log.expected(b"a", b"c")
 
 
+# --- listeners and shared responses ----------------------------------------------------------
+
+
+def test_a_listener_is_told_of_each_response_and_poll_takes_them_in_order() -> None:
+    log = Log()
+    w = log.hub.watch(b"a", b"c")
+    told: list[int] = []
+    w.set_listener(lambda: told.append(len(told)))
+    revs = [log.put(b"a"), log.put(b"b"), log.put(b"z")]
+    assert len(told) == 2  # b"z" is outside the range
+    assert [r.revision for r in drain(w)] == revs[:2]
+    w.cancel()
+    assert len(told) == 3 and w.ended and w.poll() is None
+
+
+def test_a_listener_is_told_when_its_watcher_falls_back_to_history() -> None:
+    log = Log(max_queue_events=2)
+    w = log.hub.watch(b"a")
+    told: list[None] = []
+    w.set_listener(lambda: told.append(None))
+    for _ in range(3):
+        log.put(b"a")
+    assert not w.synced and len(told) == 3  # two responses queued, then the fall back
+    assert events_of(drain(w)) == log.expected(b"a")
+    log.hub.resync()
+    assert len(told) >= 4
+    w.set_listener(None)
+    log.put(b"a")
+    assert len(told) >= 4 and len(drain(w)) == 1
+
+
+def test_watchers_with_the_same_options_share_one_events_tuple() -> None:
+    log = Log()
+    a = log.hub.watch(b"k", prefix_end(b"k"))
+    b = log.hub.watch(b"k", prefix_end(b"k"))
+    with_prev = log.hub.watch(b"k", prefix_end(b"k"), prev_kv=True)
+    no_put = log.hub.watch(b"k", prefix_end(b"k"), filters=frozenset({"NOPUT"}))
+    log.put(b"k1", b"one")
+    log.put(b"k1", b"two")
+    ra, rb, rp = drain(a), drain(b), drain(with_prev)
+    assert [r.events for r in ra] == [r.events for r in rb] == [tuple(map(strip, r.events)) for r in rp]
+    assert all(x.events is y.events for x, y in zip(ra, rb, strict=True))
+    assert rp[1].events[0].prev_kv is not None and rp[1].events[0].prev_kv.value == b"one"
+    assert ra[1].events[0].prev_kv is None
+    assert drain(no_put) == []
+    assert {r.watch_id for r in ra} == {a.id} and {r.watch_id for r in rb} == {b.id}
+
+
+def test_a_live_response_is_the_constructed_one() -> None:
+    from dataclasses import FrozenInstanceError
+
+    from kvdisco.mvcc.watch import _live_response
+
+    ev = Event(EventType.PUT, KeyValue(b"a", 2, 2, 1, b"v"), None)
+    fast = _live_response(7, 2, (ev,), 1.5)
+    assert fast == WatchResponse(7, 2, (ev,), made_at=1.5)
+    assert (fast.made_at, fast.compact_revision, fast.canceled, fast.cancel_reason) == (1.5, 0, False, "")
+    assert hash(fast) == hash(WatchResponse(7, 2, (ev,)))
+    with pytest.raises(FrozenInstanceError):
+        fast.revision = 3  # type: ignore[misc]
+
+
 # --- progress, resync, notify oddities -------------------------------------------------------
 
 
