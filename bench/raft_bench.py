@@ -68,6 +68,7 @@ async def node_main(args: argparse.Namespace) -> None:
         peer_url=cluster[args.name],
         initial_cluster=cluster,
         snapshot_entries=200_000,
+        inline_fsync=not args.no_inline_fsync,
     )
     node = Node(cfg, CountingMachine())
     await node.start()
@@ -157,6 +158,8 @@ async def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         for n in names:
             cmd = [sys.executable, __file__, "--node", n, "--cluster", cluster, "--data-dir", str(workdir / n)]
             cmd += ["--control-port", str(control[n]), "--switch-interval", str(args.switch_interval)]
+            if args.no_inline_fsync:
+                cmd.append("--no-inline-fsync")
             with open(workdir / f"{n}.log", "w") as log:
                 procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log))
         leader = None
@@ -199,6 +202,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep data dirs and logs")
     ap.add_argument("--switch-interval", type=float, default=0.0, help="sys.setswitchinterval in nodes (0: default)")
     ap.add_argument("--json", action="store_true", help="print results as JSON")
+    ap.add_argument(
+        "--no-inline-fsync", action="store_true", help="always fsync on the I/O thread (NodeConfig.inline_fsync off)"
+    )
     # node-process mode (internal)
     ap.add_argument("--node", dest="name", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cluster", default=None, help=argparse.SUPPRESS)

@@ -29,8 +29,13 @@ from kvdisco.mvcc.lessor import Lessor
 
 __all__ = ["MACHINE_SNAPSHOT_FORMAT", "ApplyError", "ApplyResult", "KVMachine"]
 
-#: Format tag of :meth:`KVMachine.snapshot`; bump it when the layout changes.
-MACHINE_SNAPSHOT_FORMAT = 1
+#: Format tag of :meth:`KVMachine.snapshot`; bump it when the layout changes. Format 2 is a msgpack
+#: header ``[2, applied_index]`` followed by the store's snapshot as is (format 1 wrapped it in a
+#: msgpack bin, which a restore had to copy whole).
+MACHINE_SNAPSHOT_FORMAT = 2
+
+#: The header is an array of two ints: at most 1 + 9 + 9 bytes.
+_HEADER_BYTES_MAX = 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,20 +100,32 @@ class KVMachine:
             return ApplyError(exc.code, exc.message)
 
     def snapshot(self) -> bytes:
-        data: bytes = msgpack.packb(
-            [MACHINE_SNAPSHOT_FORMAT, self.applied_index, self.store.snapshot()], use_bin_type=True
-        )
-        return data
+        header: bytes = msgpack.packb([MACHINE_SNAPSHOT_FORMAT, self.applied_index])
+        return header + self.store.snapshot()
 
-    def restore(self, data: bytes) -> None:
-        """Replace the state with a snapshot's. A bad snapshot raises SnapshotError, changes nothing."""
+    def restore(self, data: bytes | bytearray | memoryview) -> None:
+        """Replace the state with a snapshot's. A bad snapshot raises SnapshotError, changes nothing.
+
+        The store's part is handed on as a view of ``data``, not a copy: a snapshot is as large as
+        the store, and a restore must not hold it twice.
+        """
+        view = memoryview(data)
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(view[:_HEADER_BYTES_MAX])
         try:
-            fmt, applied_index, store_data = msgpack.unpackb(data, raw=False)
+            fields = unpacker.read_array_header()
+            fmt = unpacker.unpack() if fields else None
         except Exception as exc:  # msgpack may raise beyond UnpackException; unpacking wrong shapes too
             raise SnapshotError(f"mvcc: corrupt machine snapshot: {exc!r}") from None
         if type(fmt) is not int or fmt != MACHINE_SNAPSHOT_FORMAT:
-            raise SnapshotError(f"mvcc: unknown machine snapshot format {fmt!r}")
-        if type(applied_index) is not int or applied_index < 0 or type(store_data) is not bytes:
-            raise SnapshotError("mvcc: corrupt machine snapshot: bad applied index or store data")
-        self.store.restore(store_data)
+            raise SnapshotError(
+                f"mvcc: unknown machine snapshot format {fmt!r} (this kvdisco reads format {MACHINE_SNAPSHOT_FORMAT})"
+            )
+        try:
+            applied_index = unpacker.unpack() if fields == 2 else None
+        except Exception:
+            applied_index = None
+        if type(applied_index) is not int or applied_index < 0:
+            raise SnapshotError("mvcc: corrupt machine snapshot: bad applied index")
+        self.store.restore(view[unpacker.tell() :])
         self.applied_index = applied_index

@@ -96,6 +96,14 @@ class RawNode:
         msgs, self.raft.msgs_early = self.raft.msgs_early, []
         return msgs
 
+    def replication_idle(self) -> bool:
+        """Leader only: no APP is in flight to any follower (what it proposes now would travel alone)."""
+        r = self.raft
+        if r.role != StateRole.LEADER:
+            return False
+        me = r.id
+        return all(pr.inflights.count() == 0 for nid, pr in r.prs.items() if nid != me)
+
     def has_ready(self) -> bool:
         if self._ready_out is not None:
             return False

@@ -4,13 +4,18 @@ The Ready contract, kept in this order by :meth:`Node._run`:
 
 1. send ``messages_before_persist`` (the leader's outbound log, thesis §10.2.1);
 2. persist the snapshot, entries and hard state with one fsync (in the I/O thread,
-   so the event loop keeps stepping messages and taking proposals meanwhile);
+   so the event loop keeps stepping messages and taking proposals meanwhile; or, for
+   a follower and for an unloaded leader, on the loop thread: see ``_persist_inline``);
 3. send ``messages`` (votes, acks: only now is what they promise durable);
 4. restore the snapshot, apply committed entries, answer waiting callers;
 5. ``advance`` the core.
 
+A Ready with nothing to persist (a commit) applies first and sends after: its
+messages carry no promise of durability, and the callers answered go first.
+
 Everything the core needs to know arrives through the event loop thread; the
-I/O thread only ever touches :class:`DiskStorage`, one call at a time.
+I/O thread only ever touches :class:`DiskStorage`, one call at a time, and the
+loop thread calls it only while no job is queued on or running in the I/O thread.
 """
 
 from __future__ import annotations
@@ -18,17 +23,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import functools
 import gc
 import hashlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgpack
 
@@ -49,13 +56,15 @@ from ._messages import (
     StateRole,
 )
 from ._rawnode import RawNode
-from .errors import InvariantViolation, NotLeader, ProposalDropped, RaftError
-from .storage import DiskStorage
+from .errors import InvariantViolation, NotLeader, ProposalDropped, RaftError, StorageError
+from .storage import DiskStorage, write_snapshot_file
 from .transport import PeerTransport
 
 __all__ = ["MemberInfo", "Node", "NodeConfig", "StateMachine", "member_id"]
 
 log = logging.getLogger("kvdisco.raft.node")
+
+_T = TypeVar("_T")
 
 #: Version of the snapshot wrapper written by Node._encode_snapshot.
 _SNAPSHOT_FORMAT = 1
@@ -63,16 +72,41 @@ _SNAPSHOT_FORMAT = 1
 #: A read waits at most this long for its ReadIndex round before failing (the leader may have changed).
 READ_TIMEOUT_S = 5.0
 
-#: Applied entries between two automatic snapshots (etcd's --snapshot-count defaults to 100,000;
-#: a Python node replays more slowly, so it snapshots more often).
+#: Applied entries between two automatic snapshots, at least (etcd's --snapshot-count defaults to 100,000;
+#: a Python node replays more slowly, so it snapshots more often). A large state waits for more: see
+#: SNAPSHOT_GROWTH.
 SNAPSHOT_ENTRIES = 20_000
 
 #: Bytes of applied entries between two automatic snapshots, whatever their number: one batched entry
 #: can carry a thousand writes, and a node must not replay a huge log on restart for want of entries.
 SNAPSHOT_BYTES = 64 * 1024 * 1024
 
+#: Applied entries after which a snapshot is taken whatever the state's size: what a restart replays
+#: is bounded by this and SNAPSHOT_BYTES (100,000 single puts replay in a few seconds at a million keys).
+SNAPSHOT_ENTRIES_MAX = 100_000
+
+#: A snapshot costs O(state): encoding it in the child, writing it, the fork's copied pages. Above
+#: SNAPSHOT_CHEAP_BYTES one is taken, between SNAPSHOT_ENTRIES and SNAPSHOT_ENTRIES_MAX entries, only
+#: once the entries applied since the last one weigh this fraction of it (as an append-only file is
+#: rewritten at 100 % growth), so the cost per applied byte stays bounded however large the state.
+SNAPSHOT_GROWTH = 1.0
+
+#: Snapshot files smaller than this are cheap enough to take every SNAPSHOT_ENTRIES entries.
+SNAPSHOT_CHEAP_BYTES = 8 * 1024 * 1024
+
+#: prctl option (Linux): the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+#: Scheduling niceness of the snapshot child (0 is the member's own; 19 the lowest priority).
+SNAPSHOT_CHILD_NICE = 10
+
 #: Seconds before trying again after a snapshot child failed.
 SNAPSHOT_RETRY_S = 5.0
+
+#: The leader writes and fsyncs its WAL on the loop thread (see Node._persist_inline) only while at most
+#: this many proposals made here wait for their outcome. More mean load: the loop then has requests to
+#: take and appends to send while the I/O thread syncs.
+LEADER_INLINE_FSYNC_WAITERS_MAX = 2
 
 #: File in the data dir holding the cluster id (hex), written once, when the member first knows it.
 CLUSTER_ID_FILE = "cluster_id"
@@ -143,6 +177,8 @@ class NodeConfig:
     snapshot_bytes: int = SNAPSHOT_BYTES
     #: Encode snapshots in a forked child (POSIX), so the event loop never stops for them.
     snapshot_in_child: bool = True
+    #: Write and fsync small WAL batches on the event loop thread (see Node._persist_inline).
+    inline_fsync: bool = True
 
     @property
     def node_id(self) -> int:
@@ -153,6 +189,38 @@ class NodeConfig:
         """Nodes bootstrapped from different initial clusters must never talk: their logs differ at index 1."""
         text = ",".join(f"{n}={u}" for n, u in sorted(self.initial_cluster.items()))
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+class _IOThread(concurrent.futures.ThreadPoolExecutor):
+    """The node's one I/O thread, counting the jobs handed to it.
+
+    :class:`DiskStorage` takes one call at a time. The loop may call it itself (see
+    :meth:`Node._persist_inline`) only while no job is queued or running here.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=name)
+        self._jobs = 0
+        self._jobs_lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[_T]:
+        with self._jobs_lock:
+            self._jobs += 1
+        try:
+            fut = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._job_done(None)
+            raise
+        fut.add_done_callback(self._job_done)  # runs once fn has returned: storage is free again
+        return fut
+
+    def _job_done(self, _fut: object) -> None:
+        with self._jobs_lock:
+            self._jobs -= 1
+
+    @property
+    def idle(self) -> bool:
+        return self._jobs == 0
 
 
 @dataclass
@@ -181,7 +249,7 @@ class Node:
         self._storage: DiskStorage | None = None
         self._rn: RawNode | None = None
         self._transport: PeerTransport | None = None
-        self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-io-{config.name}")
+        self._io = _IOThread(f"raft-io-{config.name}")
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._waiters: dict[int, _Waiter] = {}
@@ -190,6 +258,8 @@ class Node:
         self._read_seq = 0
         self._reads_waiting_apply: list[tuple[int, list[asyncio.Future[int]]]] = []
         self._early_scheduled = False
+        #: A Ready's messages wait while answered callers run (see _yield_to_callers): send no newer ones.
+        self._holding_messages = False
         self._unsynced_hard_state: HardState | None = None
         self._members: dict[int, MemberInfo] = {}
         #: The snapshot last read from disk to send to a follower (others may need the same one soon).
@@ -425,6 +495,10 @@ class Node:
         except NotLeader:
             raise self._not_leader() from None
         fut = self._wait_for_entry(index, term)
+        if rn.replication_idle():
+            # Nothing in flight, so nothing for this entry to wait for and share an APP with: send it now rather
+            # than next loop turn (proposals made meanwhile are batched as usual, behind it).
+            self._send_all(rn.take_early_messages())
         self._poke()
         return await fut
 
@@ -531,7 +605,7 @@ class Node:
 
     def _flush_early(self) -> None:
         self._early_scheduled = False
-        if self._rn is None or self._transport is None or self._closing:
+        if self._rn is None or self._transport is None or self._closing or self._holding_messages:
             return
         self._send_all(self._rn.take_early_messages())
 
@@ -597,7 +671,6 @@ class Node:
                 rn = self.rawnode
                 if self._snapshot_done is not None:
                     self._compact_to_snapshot()
-                self._send_all(rn.take_early_messages())
                 while rn.has_ready():
                     await self._handle_ready(rn.ready())
         except asyncio.CancelledError:
@@ -622,7 +695,9 @@ class Node:
         rn = self.rawnode
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader_id, rd.soft_state.role)
-        self._send_all(rd.messages_before_persist)
+        must_sync = rd.must_sync()
+        if must_sync or not rd.committed_entries:
+            self._send_all(rd.messages_before_persist)  # the followers' fsyncs start while ours runs
         # Committed entries that were already durable here may be applied while this Ready's fsync runs
         # (the fsync releases the GIL); the rest wait for it. A snapshot must be restored before any of them.
         committed, early = rd.committed_entries, 0
@@ -631,22 +706,31 @@ class Node:
             while early < len(committed) and committed[early].index <= stable:
                 early += 1
         conf_done: list[asyncio.Future[Any]] = []
-        if rd.must_sync():
+        if must_sync:
             if rd.hard_state is None and self._unsynced_hard_state is not None:
                 rd.hard_state = self._unsynced_hard_state
             self._unsynced_hard_state = None
             t0 = time.perf_counter()
-            persisted = asyncio.get_running_loop().run_in_executor(self._io, self._persist, rd)
-            if early:
-                self._apply(committed[:early], conf_done)
-            await persisted
+            if self._persist_inline(rd):
+                self._persist(rd)
+                if early:
+                    self._apply(committed[:early], conf_done)
+            else:
+                persisted = asyncio.get_running_loop().run_in_executor(self._io, self._persist, rd)
+                if early:
+                    self._apply(committed[:early], conf_done)
+                await persisted
             self.metrics["fsyncs"] += 1
             self.metrics["fsync_seconds_total"] += time.perf_counter() - t0
         else:
             if rd.hard_state is not None:
                 self._unsynced_hard_state = rd.hard_state  # only the commit index moved: write it with the next batch
-            if early:
-                self._apply(committed[:early], conf_done)
+            # Nothing to persist: a commit. Answer the callers first; the messages (mostly the new commit index
+            # for the followers) are not on their path, so they go out once the callers had their turn.
+            if early and self._apply(committed[:early], conf_done) and (rd.messages_before_persist or rd.messages):
+                await self._yield_to_callers()
+            if committed:
+                self._send_all(rd.messages_before_persist)
         self._send_all(rd.messages)
         if rd.snapshot is not None and rd.snapshot_data is not None:
             self._restore_snapshot(rd.snapshot_data)
@@ -666,6 +750,21 @@ class Node:
         if committed:
             await self._maybe_snapshot()
 
+    def _persist_inline(self, rd: Ready) -> bool:
+        """Whether to write and fsync ``rd`` on the loop thread instead of the I/O thread.
+
+        A follower's acknowledgement waits for its fsync, and the two thread hand-offs around it (loop to
+        I/O thread, and back) cost as much again on a loaded machine. A follower has little else to do
+        meanwhile: messages that arrive during the fsync wait in the socket and join the next batch. The
+        leader does the same only when hardly any proposal is waiting (a single client); under load it
+        keeps its I/O thread, so that it goes on taking proposals and sending appends while it syncs.
+        Snapshots are large writes and always go to the thread; so does anything while the thread
+        still holds the storage.
+        """
+        if not self.config.inline_fsync or rd.snapshot is not None or not self._io.idle:
+            return False
+        return self.rawnode.role != StateRole.LEADER or len(self._waiters) <= LEADER_INLINE_FSYNC_WAITERS_MAX
+
     def _persist(self, rd: Ready) -> None:
         storage = self._storage
         assert storage is not None
@@ -676,7 +775,21 @@ class Node:
         if rd.entries or rd.hard_state is not None:
             storage.save(rd.entries, rd.hard_state)
 
-    def _apply(self, entries: list[Entry], conf_done: list[asyncio.Future[Any]]) -> None:
+    async def _yield_to_callers(self) -> None:
+        """Give the loop one turn, so callers just answered reply before this Ready's messages go out.
+
+        Messages the core produces meanwhile are held back (see _flush_early) and leave with the next
+        Ready, after this one's: each peer still gets our messages in the order the core made them.
+        """
+        self._holding_messages = True
+        try:
+            await asyncio.sleep(0)
+        finally:
+            self._holding_messages = False
+
+    def _apply(self, entries: list[Entry], conf_done: list[asyncio.Future[Any]]) -> bool:
+        """Apply ``entries`` in order and answer their waiters; True if a proposer got its result."""
+        answered = False
         waiters = self._waiters
         for e in entries:
             self._applied_bytes += len(e.data)
@@ -696,6 +809,8 @@ class Node:
                     else:
                         w.future.set_result(result)
                         self.metrics["proposals_committed"] += 1
+                        answered = True
+        return answered
 
     def _apply_conf_change_io(self, cc: ConfChange) -> None:
         transport = self._transport
@@ -742,6 +857,11 @@ class Node:
     async def _maybe_snapshot(self) -> None:
         """Start a snapshot of the state as applied now, when enough was applied since the last one.
 
+        Enough: SNAPSHOT_BYTES of entries or SNAPSHOT_ENTRIES_MAX entries (a restart replays no more),
+        else the configured snapshot_entries and, for a snapshot file above SNAPSHOT_CHEAP_BYTES, as
+        many bytes of entries as SNAPSHOT_GROWTH times that file (a snapshot is paid for by the log it
+        saves replaying).
+
         The encoding runs in a forked child (see _encode_in_child): it sees the state of this instant,
         copy-on-write, while this process goes on applying and answering. Encoding a large store here
         would stop the event loop for seconds, long enough for the followers to elect a new leader.
@@ -751,10 +871,18 @@ class Node:
         log_ = rn.raft.log
         if self._snapshotting or self._closing or time.monotonic() < self._snapshot_retry_at:
             return
-        if (
-            log_.applied - log_.snapshot.index < self.config.snapshot_entries
-            and self._applied_bytes < self.config.snapshot_bytes
-        ) or log_.applied == log_.snapshot.index:
+        cfg, storage = self.config, self._storage
+        entries, applied_bytes = log_.applied - log_.snapshot.index, self._applied_bytes
+        snapshot_bytes = storage.snapshot_file_bytes if storage is not None else 0
+        due = (
+            applied_bytes >= cfg.snapshot_bytes
+            or entries >= max(cfg.snapshot_entries, SNAPSHOT_ENTRIES_MAX)
+            or (
+                entries >= cfg.snapshot_entries
+                and (snapshot_bytes < SNAPSHOT_CHEAP_BYTES or applied_bytes >= snapshot_bytes * SNAPSHOT_GROWTH)
+            )
+        )
+        if not due or entries <= 0:
             return
         term = log_.term(log_.applied)
         if term is None:
@@ -763,72 +891,104 @@ class Node:
         self._snapshotting = True
         self._applied_bytes = 0
         if self.config.snapshot_in_child and hasattr(os, "fork"):
-            pending = self._encode_in_child(meta.index)
+            pending = self._encode_in_child(meta)
             task = asyncio.ensure_future(self._save_snapshot(meta, pending))
             self._snapshot_task = task
         else:
             await self._save_snapshot(meta, None)
 
-    async def _save_snapshot(self, meta: SnapshotMeta, child: tuple[int, Path] | None) -> None:
+    async def _save_snapshot(self, meta: SnapshotMeta, child: tuple[int, str] | None) -> None:
+        """Get the snapshot file written (by the child, or here), then install it on the I/O thread.
+
+        The file is written and fsynced before the WAL's I/O thread sees it: installing it there is
+        a rename, a directory fsync and a marker record, so appends never wait behind snapshot-sized
+        writes. A snapshot that could not be written is retried after SNAPSHOT_RETRY_S; a failure to
+        install it (the WAL itself) stops the node, as in the loop.
+        """
         storage = self._storage
         assert storage is not None
         loop = asyncio.get_running_loop()
+        path = storage.snapshot_temp_path(meta)
         try:
             if child is None:
-                data: bytes | None = self._encode_snapshot()
+                data = self._encode_snapshot()
+                try:
+                    await loop.run_in_executor(None, write_snapshot_file, path, meta, data)
+                except OSError as exc:
+                    log.error("could not write snapshot %d: %s; will retry", meta.index, exc)
+                    written = False
+                else:
+                    written = True
+                del data
             else:
-                data = await self._wait_for_child(*child)
-            if data is None:
-                self._snapshot_retry_at = time.monotonic() + SNAPSHOT_RETRY_S  # the child failed (logged)
+                written = await self._wait_for_child(*child)
+            if not written:
+                self._snapshot_retry_at = time.monotonic() + SNAPSHOT_RETRY_S
                 return
             if storage.snapshot.index >= meta.index:
                 return  # a newer snapshot was installed meanwhile
-            await loop.run_in_executor(self._io, storage.save_snapshot, meta, data)
+            try:
+                await loop.run_in_executor(self._io, storage.install_snapshot, meta, path)
+            except StorageError:
+                if storage.snapshot.index >= meta.index:
+                    return  # one received from the leader was installed first: ours is not needed
+                raise
             self._snapshot_done = meta
             self._poke()
             self.metrics["snapshots_taken"] += 1
-            log.info("snapshot at index %d (%d bytes); log compacted", meta.index, len(data))
+            log.info("snapshot at index %d (%d bytes); log compacted", meta.index, storage.snapshot_file_bytes)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a WAL or snapshot write failed: as in the loop itself, stop loudly
             self._die(exc)
         finally:
             self._snapshotting = False
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # gone already once installed (renamed into place)
 
-    def _encode_in_child(self, index: int) -> tuple[int, Path]:
-        """Fork; the child writes the snapshot of this instant to a file and exits. Returns (pid, path)."""
-        path = self.config.data_dir / f".snapshot-{index}.tmp"
+    def _encode_in_child(self, meta: SnapshotMeta) -> tuple[int, str]:
+        """Fork; the child writes the snapshot file of this instant (fsynced) and exits. Returns (pid, path).
+
+        The path is storage's temp name for it, which recovery removes if the snapshot is never installed.
+        """
+        assert self._storage is not None
+        path = self._storage.snapshot_temp_path(meta)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: no logging, no event loop, no threads; only encode, write, exit
             code = 1
             try:
                 gc.disable()  # a collection would touch, and so copy, every page of the parent's heap
-                view = memoryview(self._encode_snapshot())
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.close(fd)
-                code = 0
+                # A member killed with kill -9 takes its child along (Linux): an orphan would go on taking
+                # a core from the restarted member, and write its file after recovery cleaned up.
+                with contextlib.suppress(OSError, AttributeError):
+                    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+                # Seconds of encoding must not take the core from the members' own work (every member
+                # snapshots at about the same moment): the child gets what the members leave idle, first.
+                with contextlib.suppress(OSError):
+                    os.nice(SNAPSHOT_CHILD_NICE)
+                if os.getppid() == parent:  # else the parent died before the prctl
+                    write_snapshot_file(path, meta, self._encode_snapshot())
+                    code = 0
             finally:
                 os._exit(code)
         self._snapshot_child = pid
         return pid, path
 
-    async def _wait_for_child(self, pid: int, path: Path) -> bytes | None:
+    async def _wait_for_child(self, pid: int, path: str) -> bool:
+        """Whether the child wrote its snapshot file (the file is not read here: storage renames it)."""
         loop = asyncio.get_running_loop()
         try:
             _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
-            self._snapshot_child = 0
-            if os.waitstatus_to_exitcode(status) != 0:
-                log.error("snapshot child %d failed (status %d); will retry", pid, status)
-                return None
-            return await loop.run_in_executor(None, path.read_bytes)
         except OSError as exc:  # the snapshot is lost, not the node: the next one is taken as usual
             log.error("snapshot child %d: %s; will retry", pid, exc)
-            return None
+            return False
         finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
+            self._snapshot_child = 0
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.error("snapshot child %d failed (status %d); will retry", pid, status)
+            return False
+        return True
 
     def _compact_to_snapshot(self) -> None:
         """In the loop, between Readies: drop the log up to a snapshot that is now on disk."""

@@ -7,6 +7,7 @@ change the two together. Nothing here is thread-safe: one driver owns it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -15,14 +16,14 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from ._codec import decode_snapshot_meta, encode_snapshot_meta, obj_to_entry, pack, unpack
 from ._messages import Entry, EntryType, HardState, SnapshotMeta
 from .errors import CorruptLogError, StorageError
 from .limits import PROPOSAL_BYTES_MAX, WAL_SEGMENT_BYTES
 
-__all__ = ["DiskStorage"]
+__all__ = ["DiskStorage", "write_snapshot_file"]
 
 #: Largest WAL record payload. A record holds one entry and an entry is one
 #: proposal, so a bigger length field is damage, not data: refusing it stops a
@@ -42,6 +43,10 @@ _SNAP_MAGIC = b"KVDSNAP1"
 _SNAP_HEADER = struct.Struct(">8sIIQ")  # magic, crc32(meta + data), len(meta), len(data)
 _SEGMENT_RE = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.wal")
 _SNAP_RE = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.snap")
+#: Bytes read at a time when a snapshot file is only checked, not loaded.
+_SNAP_CHECK_CHUNK_BYTES = 4 * 1024 * 1024
+#: Most data/hole boundaries looked at when finding where a segment's written data ends.
+_SEGMENT_EXTENTS_MAX = 64
 _ENTRY_TYPES = frozenset(int(t) for t in EntryType)
 
 
@@ -212,6 +217,37 @@ class _Replay:
         self.hard_state = hs
 
 
+def _read_segment(path: str, is_last: bool) -> bytes:
+    """A segment's bytes; of the last one, only up to the end of its written data.
+
+    The last segment is preallocated: most of it may be blocks never written, which read as zeros.
+    SEEK_DATA / SEEK_HOLE tell where written data ends (on ext4, xfs, btrfs, tmpfs); every byte
+    after that is zero, as _records would have found by reading them, and a record that runs into
+    them reads as running past the end, a torn write as before. Where the filesystem cannot tell,
+    SEEK_HOLE answers the end of the file, and the whole file is read.
+    """
+    with open(path, "rb") as f:
+        if not is_last:
+            return f.read()
+        end = _written_end(f.fileno(), os.fstat(f.fileno()).st_size)
+        f.seek(0)  # the lseeks moved the file offset
+        return f.read(end)
+
+
+def _written_end(fd: int, size: int) -> int:
+    """Where the last extent of written data in ``fd`` ends (``size`` when unsure)."""
+    end = pos = 0
+    try:
+        for _ in range(_SEGMENT_EXTENTS_MAX):
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = pos = os.lseek(fd, start, os.SEEK_HOLE)
+            if pos >= size:
+                return size
+    except OSError as exc:
+        return end if exc.errno == errno.ENXIO else size  # ENXIO: no data after pos
+    return size
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -236,6 +272,25 @@ def _write_file(path: str, chunks: list[bytes], preallocate: int = 0) -> None:
         os.close(fd)
     os.replace(tmp, path)
     _fsync_dir(os.path.dirname(path))
+
+
+def write_snapshot_file(path: str | os.PathLike[str], meta: SnapshotMeta, data: bytes) -> None:
+    """Write a whole snapshot file (header, meta, data) at ``path`` and fsync it.
+
+    For a process that encodes a snapshot away from the log's owner (a forked child): the owner
+    then installs the file with :meth:`DiskStorage.install_snapshot`, which only renames it, so
+    no snapshot-sized write runs where the WAL's appends wait. ``path`` should come from
+    :meth:`DiskStorage.snapshot_temp_path`, which recovery removes if the install never happens.
+    """
+    meta_bytes = encode_snapshot_meta(meta)
+    crc = zlib.crc32(data, zlib.crc32(meta_bytes))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, _SNAP_HEADER.pack(_SNAP_MAGIC, crc, len(meta_bytes), len(data)) + meta_bytes)
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, buf: bytes) -> None:
@@ -287,6 +342,8 @@ class DiskStorage:
         self._segment_size = 0
         self._failure: str | None = None
         self.hard_state, self.snapshot, self.entries = HardState(), SnapshotMeta(), []
+        #: Size in bytes of the snapshot file in force (0 without one): what a snapshot costs.
+        self.snapshot_file_bytes = 0
 
     @classmethod
     def open(
@@ -343,7 +400,7 @@ class DiskStorage:
         self.hard_state, self.entries = rep.hard_state, rep.entries
         if rep.snap_index:
             path = self._snap_path(rep.snap_index, rep.snap_term)
-            self.snapshot, _ = self._read_snapshot(path, rep.snap_index, rep.snap_term)
+            self.snapshot, self.snapshot_file_bytes = self._check_snapshot_file(path, rep.snap_index, rep.snap_term)
         for index, term, path in self._snapshot_files():
             if index > self.snapshot.index or (index == self.snapshot.index and term != self.snapshot.term):
                 self._log.warning("removing snapshot file %s: it was written but never installed", path)
@@ -374,8 +431,7 @@ class DiskStorage:
 
     def _replay_segment(self, seg: _Segment, rep: _Replay | None, is_last: bool) -> tuple[_Replay, int, _End]:
         """Apply one segment's records to ``rep``; return it, the end of the good records and the tail there."""
-        with open(seg.path, "rb") as f:
-            data = f.read()
+        data = _read_segment(seg.path, is_last)
         end, tail, count = 0, _End(), 0
         for off, rec in _records(seg.path, data, is_last):
             if isinstance(rec, _End):
@@ -417,9 +473,13 @@ class DiskStorage:
             return None
         path = self._snap_path(self.snapshot.index, self.snapshot.term)
         try:
-            return self._read_snapshot(path, self.snapshot.index, self.snapshot.term)[1]
+            return self._read_snapshot(path, self.snapshot.index, self.snapshot.term)
         except OSError as exc:
             raise StorageError(f"cannot read snapshot {path}: {exc}") from exc
+
+    def snapshot_temp_path(self, meta: SnapshotMeta) -> str:
+        """Where :func:`write_snapshot_file` should write the snapshot ``meta`` for install_snapshot."""
+        return self._snap_path(meta.index, meta.term) + ".child.tmp"
 
     def save(self, entries: list[Entry], hard_state: HardState | None) -> None:
         """Durably append entries and/or hard state with one pwrite and one fdatasync (group commit).
@@ -484,28 +544,61 @@ class DiskStorage:
         snapshot is a prefix of our log); otherwise the log restarts at meta.index + 1.
         """
         self._check_usable()
+        keep = self._snapshot_keeps_log(meta)
+        if not isinstance(data, bytes):
+            raise StorageError("snapshot data must be bytes")
+        path = self._snap_path(meta.index, meta.term)
+        try:
+            write_snapshot_file(path + ".tmp", meta, data)
+            os.replace(path + ".tmp", path)
+            _fsync_dir(self._snap_dir)
+        except OSError as exc:
+            raise StorageError(f"cannot write snapshot {meta.index}/{meta.term}: {exc}") from exc
+        self._snapshot_installed(meta, keep, os.path.getsize(path))
+
+    def install_snapshot(self, meta: SnapshotMeta, temp_path: str) -> None:
+        """Install the snapshot that :func:`write_snapshot_file` wrote (and fsynced) at ``temp_path``.
+
+        As :meth:`save_snapshot`, but the data is already on disk: the file's header and meta are
+        checked, then it is renamed into place. Its data is not read back (the writer checksummed
+        it; recovery and every load check the checksum). On refusal the temp file stays for the
+        caller to remove; nothing else changed.
+        """
+        self._check_usable()
+        keep = self._snapshot_keeps_log(meta)
+        path = self._snap_path(meta.index, meta.term)
+        try:
+            with open(temp_path, "rb") as f:
+                head = _snapshot_file_header(f, temp_path, meta.index, meta.term)
+            if head.meta != meta:
+                raise StorageError(f"{temp_path}: holds another snapshot than {meta}")
+            os.replace(temp_path, path)
+            _fsync_dir(self._snap_dir)
+        except (OSError, CorruptLogError) as exc:
+            raise StorageError(f"cannot install snapshot {meta.index}/{meta.term}: {exc}") from exc
+        self._snapshot_installed(meta, keep, head.file_len)
+
+    def _snapshot_keeps_log(self, meta: SnapshotMeta) -> bool:
+        """Check that ``meta`` may become the base; whether our entries after it survive it."""
         old = self.snapshot
         if meta.index <= old.index or meta.term < max(old.term, 1):
             raise StorageError(f"snapshot {meta.index}/{meta.term} does not follow {old.index}/{old.term}")
-        if not isinstance(data, bytes):
-            raise StorageError("snapshot data must be bytes")
         k = meta.index - old.index  # entries[:k] are covered by the snapshot
         keep = k <= len(self.entries) and self.entries[k - 1].term == meta.term
         if not keep and self.hard_state.commit >= meta.index:
             raise StorageError(f"snapshot {meta.index}/{meta.term} conflicts with committed entries")
-        meta_bytes = encode_snapshot_meta(meta)
-        crc = zlib.crc32(data, zlib.crc32(meta_bytes))
-        header = _SNAP_HEADER.pack(_SNAP_MAGIC, crc, len(meta_bytes), len(data))
-        try:
-            _write_file(self._snap_path(meta.index, meta.term), [header, meta_bytes, data])
-        except OSError as exc:
-            raise StorageError(f"cannot write snapshot {meta.index}/{meta.term}: {exc}") from exc
+        return keep
+
+    def _snapshot_installed(self, meta: SnapshotMeta, keep: bool, file_bytes: int) -> None:
+        """The snapshot file is durable under its name: record it in the WAL, then drop what it covers."""
+        k = meta.index - self.snapshot.index
         self._append(_marker_record(meta.index, meta.term, keep))
         if keep:
             del self.entries[:k]
         else:
             self.entries.clear()
         self.snapshot = meta
+        self.snapshot_file_bytes = file_bytes
         self._maybe_roll()
         self._compact(meta.index + 1 if keep else None)
 
@@ -595,23 +688,65 @@ class DiskStorage:
         named = ((_SNAP_RE.fullmatch(name), name) for name in os.listdir(self._snap_dir))
         return sorted((int(m[1], 16), int(m[2], 16), os.path.join(self._snap_dir, n)) for m, n in named if m)
 
-    def _read_snapshot(self, path: str, index: int, term: int) -> tuple[SnapshotMeta, bytes]:
-        if not os.path.exists(path):
-            raise CorruptLogError(path, 0, f"snapshot file for the WAL's newest marker {index}/{term} is missing")
-        with open(path, "rb") as f:
-            blob = f.read()
-        size = _SNAP_HEADER.size
-        if len(blob) < size or blob[:8] != _SNAP_MAGIC:
-            raise CorruptLogError(path, 0, "not a kvdisco snapshot file (bad magic or short header)")
-        _, crc, meta_len, data_len = _SNAP_HEADER.unpack_from(blob)
-        if len(blob) != size + meta_len + data_len:
-            raise CorruptLogError(path, size, f"length {len(blob) - size} != header's {meta_len} + {data_len}")
-        if zlib.crc32(memoryview(blob)[size:]) != crc:
-            raise CorruptLogError(path, size, "snapshot checksum mismatch")
+    def _read_snapshot(self, path: str, index: int, term: int) -> bytes:
+        """The data of a snapshot file, checked, read into one buffer (a snapshot is as large as the state)."""
+        with self._open_snapshot(path, index, term) as f:
+            head = _snapshot_file_header(f, path, index, term)
+            data = f.read(head.data_len)
+        if len(data) != head.data_len or zlib.crc32(data, head.crc_so_far) != head.crc:
+            raise CorruptLogError(path, _SNAP_HEADER.size, "snapshot checksum mismatch")
+        return data
+
+    def _check_snapshot_file(self, path: str, index: int, term: int) -> tuple[SnapshotMeta, int]:
+        """Check a snapshot file whole (checksum included) a chunk at a time; its meta and size."""
+        with self._open_snapshot(path, index, term) as f:
+            head = _snapshot_file_header(f, path, index, term)
+            crc, left = head.crc_so_far, head.data_len
+            while left:
+                chunk = f.read(min(left, _SNAP_CHECK_CHUNK_BYTES))
+                if not chunk:
+                    break
+                crc = zlib.crc32(chunk, crc)
+                left -= len(chunk)
+        if left or crc != head.crc:
+            raise CorruptLogError(path, _SNAP_HEADER.size, "snapshot checksum mismatch")
+        return head.meta, head.file_len
+
+    @staticmethod
+    def _open_snapshot(path: str, index: int, term: int) -> BinaryIO:
         try:
-            meta = decode_snapshot_meta(blob[size : size + meta_len])
-        except ValueError as exc:
-            raise CorruptLogError(path, size, f"undecodable snapshot meta: {exc}") from exc
-        if (meta.index, meta.term) != (index, term):
-            raise CorruptLogError(path, size, f"snapshot meta {meta.index}/{meta.term} != expected {index}/{term}")
-        return meta, blob[size + meta_len :]
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise CorruptLogError(
+                path, 0, f"snapshot file for the WAL's newest marker {index}/{term} is missing"
+            ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _SnapHead:
+    meta: SnapshotMeta
+    file_len: int
+    data_len: int
+    #: The checksum the header promises for meta + data, and the running checksum over the meta.
+    crc: int
+    crc_so_far: int
+
+
+def _snapshot_file_header(f: BinaryIO, path: str, index: int, term: int) -> _SnapHead:
+    """Read and check a snapshot file's header and meta, leaving ``f`` at the start of the data."""
+    size = _SNAP_HEADER.size
+    head = f.read(size)
+    if len(head) < size or head[:8] != _SNAP_MAGIC:
+        raise CorruptLogError(path, 0, "not a kvdisco snapshot file (bad magic or short header)")
+    _, crc, meta_len, data_len = _SNAP_HEADER.unpack(head)
+    file_len = os.fstat(f.fileno()).st_size
+    if file_len != size + meta_len + data_len:
+        raise CorruptLogError(path, size, f"length {file_len - size} != header's {meta_len} + {data_len}")
+    meta_bytes = f.read(meta_len)
+    try:
+        meta = decode_snapshot_meta(meta_bytes)
+    except ValueError as exc:
+        raise CorruptLogError(path, size, f"undecodable snapshot meta: {exc}") from exc
+    if (meta.index, meta.term) != (index, term):
+        raise CorruptLogError(path, size, f"snapshot meta {meta.index}/{meta.term} != expected {index}/{term}")
+    return _SnapHead(meta, file_len, data_len, crc, zlib.crc32(meta_bytes))

@@ -96,7 +96,7 @@ class _Snapshot:
 class _Peer:
     """Where to dial a peer, what is waiting for it, and the task that sends it."""
 
-    __slots__ = ("greet", "host", "node_id", "port", "queue", "sending_snapshot", "task", "wakeup")
+    __slots__ = ("greet", "host", "idle", "node_id", "port", "queue", "sending_snapshot", "task", "wakeup")
 
     def __init__(self, node_id: int, host: str, port: int) -> None:
         self.node_id = node_id
@@ -106,6 +106,10 @@ class _Peer:
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.sending_snapshot = False
+        #: The connection, while its writer task waits on an empty queue with every frame handed to the
+        #: kernel: ``send`` may then write one frame itself, in order, without waking the task (one loop
+        #: turn less per message on the commit path). None otherwise.
+        self.idle: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         #: Dial even with nothing queued, so the peer hears our HELLO (and learns our client URLs).
         self.greet = False
 
@@ -349,12 +353,31 @@ class PeerTransport:
             asyncio.get_running_loop().call_soon(self._notify, self._on_unreachable, msg.to)
         elif len(peer.queue) >= self._queue_msgs_max:
             self._drop(msg.to, item)
+        elif peer.idle is not None and type(item) is bytes and self._write_now(peer, peer.idle, item):
+            pass
         else:
             peer.queue.append(item)
             if peer.task is None:
                 self._start_writer(peer)
             else:
                 peer.wakeup.set()
+
+    def _write_now(self, peer: _Peer, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], frame: bytes) -> bool:
+        """Hand ``frame`` to an idle connection's socket at once; False if it must go through the queue.
+
+        Only when nothing is queued or buffered, so frames keep their order and the queue's bound and
+        the writer's drain still govern a slow peer. A connection the peer closed is left to the
+        writer task, which notices it, redials and resends what is queued.
+        """
+        reader, writer = conn
+        if peer.queue or reader.at_eof() or writer.is_closing() or writer.transport.get_write_buffer_size():
+            return False
+        writer.write(frame)
+        self._c.frames_sent += 1
+        # One frame per idle spell: what follows goes through the queue, where the writer task joins the
+        # frames of one loop turn into a single socket write (a system call each costs more under load).
+        peer.idle = None
+        return True
 
     def stats(self) -> dict[str, int]:
         out = {f.name: getattr(self._c, f.name) for f in fields(self._c)}
@@ -428,6 +451,7 @@ class PeerTransport:
         if peer.task is not None:
             peer.task.cancel()  # its finally clause closes the socket
             peer.task = None
+        peer.idle = None  # that connection is going: nothing more may be written to it
         self._fail_snapshots(peer.node_id, peer.sending_snapshot, soon=True)
         peer.sending_snapshot = False
 
@@ -480,9 +504,15 @@ class PeerTransport:
             peer.greet = False
         queue = peer.queue
         while True:
-            while not queue:
-                peer.wakeup.clear()
-                await peer.wakeup.wait()
+            if not queue:
+                peer.idle = (reader, writer)
+                try:
+                    while not queue:
+                        peer.wakeup.clear()
+                        await peer.wakeup.wait()
+                finally:
+                    if peer.idle is not None and peer.idle[1] is writer:
+                        peer.idle = None
             # The acceptor never writes, so EOF here means it closed (or restarted).
             if reader.at_eof() or writer.is_closing():
                 raise ConnectionResetError("closed by the peer")

@@ -583,6 +583,7 @@ def _check_flat(model: Model, ops: list[RequestOp], responses: tuple[object, ...
 def _check_compacted(store: KVStore, rev: int) -> None:
     """Compaction touches only the keys written since the last one; every key must still end up trimmed."""
     assert store._keys == sorted(store._history)
+    assert len(store._log_visit) == len(store._log_keys) == len(store._log_revs)
     for hist in store._history.values():
         at_or_below = [entry for entry in hist if entry[0] <= rev]
         assert len(at_or_below) <= 1 and all(value is not None for _, _, value in at_or_below)

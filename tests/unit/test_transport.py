@@ -441,3 +441,65 @@ async def test_hello_carries_the_member_description(make: Make) -> None:
     assert seen == [(1, b"member a")]
     with pytest.raises(ValueError):
         await make(3, hello_meta=b"x" * 10_000)
+
+
+# -- writing at once to an idle connection ----------------------------------
+
+
+@bounded(10)
+async def test_idle_connection_takes_a_frame_inside_send(make: Make) -> None:
+    """With nothing queued, ``send`` hands the frame to the socket itself: no loop turn on the commit path."""
+    a, b = await make(1), await make(2)
+    link(a, b)
+    await ping(a, b)
+    await wait_until(lambda: a.t._peers[2].idle is not None)
+    before = a.t.stats()["frames_sent"]
+    a.t.send(app(1, 2, 7))
+    assert a.t.stats()["frames_sent"] == before + 1  # written before send() returned
+    await wait_until(lambda: any(m.index == 7 for m in b.got))
+
+
+@bounded(20)
+async def test_frames_keep_their_order_between_direct_and_queued_writes(make: Make) -> None:
+    a, b = await make(1, send_queue_msgs_max=100_000), await make(2)
+    link(a, b)
+    await ping(a, b)
+    b.got.clear()
+    sent = 0
+    data = os.urandom(5 * 1024 * 1024)
+    meta = SnapshotMeta(index=10, term=2, conf_state=ConfState(frozenset({1, 2})))
+    for burst in range(40):
+        for _ in range(1 + burst * 50):  # some bursts fill the socket buffer, so later frames queue
+            a.t.send(app(1, 2, sent))
+            sent += 1
+        if burst == 20:  # a snapshot in the middle: everything after it waits behind its chunks
+            a.t.send(Message(MessageType.SNAP, to=2, frm=1, term=2, snapshot=meta, snapshot_data=data))
+        await asyncio.sleep(0)
+    await wait_until(lambda: len(b.got) == sent + 1, timeout=15)
+    got = [m.index for m in b.got if m.type == MessageType.APP]
+    assert got == list(range(sent))
+    snap_at = next(k for k, m in enumerate(b.got) if m.type == MessageType.SNAP)
+    assert b.got[snap_at - 1].index == sum(1 + k * 50 for k in range(21)) - 1
+    assert a.t.stats()["msgs_dropped"] == 0
+
+
+@bounded(15)
+async def test_send_after_the_peer_closed_redials_instead_of_writing_into_the_dead_connection(make: Make) -> None:
+    a, b = await make(1), await make(2)
+    link(a, b)
+    await ping(a, b)
+    await wait_until(lambda: a.t._peers[2].idle is not None)
+    port = b.port
+    await b.t.close()
+    b2 = await make(2, port=port)
+    idle = a.t._peers[2].idle
+    assert idle is not None
+    await wait_until(idle[0].at_eof)  # the old connection's EOF has arrived
+    before = a.t.stats()["frames_sent"]
+    a.t.send(app(1, 2, 0))
+    assert a.t.stats()["frames_sent"] == before  # queued for the writer task, which redials
+    async with asyncio.timeout(10):
+        while not b2.got:
+            a.t.send(app(1, 2, 0))
+            await asyncio.sleep(0.02)
+    assert a.t.stats()["reconnects"] >= 1

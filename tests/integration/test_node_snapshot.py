@@ -1,0 +1,199 @@
+"""Automatic snapshots of a real Node: the forked child writes the file into place, the node installs
+it by rename, and how often snapshots are taken follows the size of the state."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvdisco.raft import Node, NodeConfig
+from kvdisco.raft import node as node_module
+from kvdisco.raft.storage import DiskStorage
+
+from .cluster import free_port
+
+ELECTION_TICKS = 20
+
+
+class BigMachine:
+    """Keeps every command; its snapshot is all of them, so the state grows with the log."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+
+    def apply(self, index: int, command: bytes) -> int:
+        self.items.append(command)
+        return len(self.items)
+
+    def snapshot(self) -> bytes:
+        return b"\n".join(self.items)
+
+    def restore(self, data: bytes) -> None:
+        self.items = data.split(b"\n") if data else []
+
+
+def config(d: Path, name: str = "solo", **kw: object) -> NodeConfig:
+    url = f"http://127.0.0.1:{free_port()}"
+    return NodeConfig(
+        name=name,
+        data_dir=d / name,
+        peer_url=url,
+        initial_cluster={name: url},
+        election_ticks=ELECTION_TICKS,
+        heartbeat_ticks=2,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def leader(cfg: NodeConfig, sm: BigMachine) -> Node:
+    node = Node(cfg, sm)
+    await node.start()
+    async with asyncio.timeout(10):
+        while not node.is_leader:
+            await asyncio.sleep(0.02)
+    return node
+
+
+async def settle(node: Node) -> None:
+    """Wait until no snapshot is in flight and the last one taken has compacted the log."""
+    async with asyncio.timeout(15):
+        while node._snapshotting or node._snapshot_done is not None:
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("in_child", [True, False])
+async def test_snapshot_file_is_installed_in_place_and_restored_on_restart(tmp_path: Path, in_child: bool) -> None:
+    cfg = config(tmp_path, snapshot_entries=20, snapshot_in_child=in_child)
+    sm = BigMachine()
+    node = await leader(cfg, sm)
+    try:
+        for i in range(30):
+            await node.propose(b"x%d" % i)
+        await settle(node)
+        assert node.metrics["snapshots_taken"] >= 1 and node.rawnode.raft.log.snapshot.index >= 20
+        snap_files = sorted(p.name for p in (cfg.data_dir / "snap").iterdir())
+        assert snap_files and all(n.endswith(".snap") for n in snap_files), snap_files  # no temp files left
+        assert not list(cfg.data_dir.glob("*.tmp"))
+        for i in range(30, 35):
+            await node.propose(b"x%d" % i)
+        items = list(sm.items)
+    finally:
+        await node.stop()
+    storage = DiskStorage.open(cfg.data_dir)
+    assert storage.snapshot.index >= 20 and storage.snapshot_file_bytes > 0
+    storage.close()
+    again = BigMachine()
+    node = await leader(cfg, again)
+    try:
+        async with asyncio.timeout(10):
+            while len(again.items) < len(items):
+                await asyncio.sleep(0.02)
+        assert again.items == items  # snapshot, then the log after it, replayed in order
+    finally:
+        await node.stop()
+
+
+async def test_a_large_state_is_snapshotted_when_the_log_weighs_as_much(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every snapshot counts as large here: after the first, the next waits for as many bytes of
+    entries as the last snapshot file holds, so their spacing doubles as the state doubles."""
+    monkeypatch.setattr(node_module, "SNAPSHOT_CHEAP_BYTES", 0)
+    cfg = config(tmp_path, snapshot_entries=10)
+    sm = BigMachine()
+    node = await leader(cfg, sm)
+    taken: list[int] = []
+    try:
+        for i in range(250):
+            await node.propose(b"%06d" % i)
+            await settle(node)  # one at a time, so each snapshot sees the log since the last one
+            index = node.rawnode.raft.log.snapshot.index
+            if index and (not taken or taken[-1] != index):
+                taken.append(index)
+    finally:
+        await node.stop()
+    assert len(taken) >= 3, taken
+    # Each snapshot waited for at least as many bytes of entries as the one before held.
+    for a, b in itertools.pairwise(taken):
+        assert b - a >= a - 2, taken  # the bootstrap and election entries weigh (almost) nothing
+
+
+async def test_the_replay_bound_wins_over_the_growth_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node_module, "SNAPSHOT_CHEAP_BYTES", 0)
+    monkeypatch.setattr(node_module, "SNAPSHOT_GROWTH", 1000.0)
+    monkeypatch.setattr(node_module, "SNAPSHOT_ENTRIES_MAX", 25)
+    cfg = config(tmp_path, snapshot_entries=10)
+    node = await leader(cfg, BigMachine())
+    try:
+        for i in range(100):
+            await node.propose(b"%06d" % i)
+            await settle(node)
+            log = node.rawnode.raft.log
+            assert log.applied - log.snapshot.index <= 25 + 1
+        assert node.metrics["snapshots_taken"] >= 3
+    finally:
+        await node.stop()
+
+
+_MEMBER_WITH_SLOW_SNAPSHOTS = """
+import asyncio, sys, time
+from pathlib import Path
+from kvdisco.raft import Node, NodeConfig
+
+class Slow:
+    def __init__(self): self.items = []
+    def apply(self, index, command): self.items.append(command); return len(self.items)
+    def snapshot(self): time.sleep(60); return b""
+    def restore(self, data): pass
+
+async def main():
+    url = sys.argv[2]
+    cfg = NodeConfig(name="solo", data_dir=Path(sys.argv[1]), peer_url=url, initial_cluster={"solo": url},
+                     election_ticks=20, heartbeat_ticks=2, snapshot_entries=5)
+    node = Node(cfg, Slow())
+    await node.start()
+    while not node.is_leader:
+        await asyncio.sleep(0.02)
+    for i in range(10):
+        await node.propose(b"x")
+    while not node._snapshot_child:
+        await asyncio.sleep(0.02)
+    print(node._snapshot_child, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def alive(pid: int) -> bool:
+    """Running: a zombie waiting for whoever inherited it counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_a_member_killed_takes_its_snapshot_child_along(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _MEMBER_WITH_SLOW_SNAPSHOTS, str(tmp_path / "solo"), url, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            child = int(await proc.stdout.readline())
+        assert alive(child)
+        proc.kill()
+        await proc.wait()
+        async with asyncio.timeout(10):
+            while alive(child):
+                await asyncio.sleep(0.05)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
