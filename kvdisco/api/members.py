@@ -35,8 +35,10 @@ def member_list(node: Node) -> list[dict[str, Any]]:
 
 
 def _valid_peer_url(url: str) -> bool:
-    parts = urlsplit(url)
+    if not url.isascii() or not url.isprintable():
+        return False
     try:
+        parts = urlsplit(url)  # raises on a stray "[" or "]" in the host
         port = parts.port
     except ValueError:
         return False

@@ -9,7 +9,10 @@ Each app has its own registry: no process-global state, so tests can run several
 from __future__ import annotations
 
 import bisect
+import gc
+import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -17,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from kvdisco.api.backend import Backend
 
-__all__ = ["Metrics"]
+__all__ = ["GcPauses", "Metrics", "gc_pauses"]
 
 _LATENCY_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Watch delivery is held to a 20 ms goal: steps of 1/2/3/5/7.5/10/15/20/30 ms around it.
@@ -93,10 +96,66 @@ class RequestLatency(Collector):
         yield family
 
 
+class GcPauses(Collector):
+    """How long Python's cyclic garbage collector stopped the process, by generation.
+
+    A full collection walks every object the store holds (millions at a million keys) while
+    nothing else runs, heartbeats included; this is how an operator sees it. The collector is
+    the process's, so there is one of these per process (:func:`gc_pauses`).
+    """
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self.longest = [0.0, 0.0, 0.0]
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        gen = info.get("generation", 2)
+        took = time.perf_counter() - self._started
+        self.seconds[gen] += took
+        self.collections[gen] += 1
+        if took > self.longest[gen]:
+            self.longest[gen] = took
+
+    def collect(self) -> Iterator[Metric]:
+        seconds = CounterMetricFamily(
+            "kvdisco_gc_pause_seconds", "Seconds the process stood still in garbage collection.", labels=["generation"]
+        )
+        count = CounterMetricFamily("kvdisco_gc_collections", "Garbage collections.", labels=["generation"])
+        longest = GaugeMetricFamily(
+            "kvdisco_gc_pause_longest_seconds", "The longest garbage collection pause so far.", labels=["generation"]
+        )
+        for gen in range(3):
+            seconds.add_metric([str(gen)], self.seconds[gen])
+            count.add_metric([str(gen)], self.collections[gen])
+            longest.add_metric([str(gen)], self.longest[gen])
+        yield from (seconds, count, longest)
+        yield GaugeMetricFamily(
+            "kvdisco_gc_frozen_objects", "Objects out of the collector's reach (gc.freeze).", gc.get_freeze_count()
+        )
+
+
+_gc_pauses: GcPauses | None = None
+
+
+def gc_pauses() -> GcPauses:
+    """The process's one GcPauses, hooked into the collector on first use."""
+    global _gc_pauses
+    if _gc_pauses is None:
+        _gc_pauses = GcPauses()
+        gc.callbacks.append(_gc_pauses.on_gc)
+    return _gc_pauses
+
+
 class Metrics:
     def __init__(self, backend: Backend) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_MemberCollector(backend))
+        self.registry.register(gc_pauses())
         self.request_seconds = RequestLatency()
         self.registry.register(self.request_seconds)
         #: From applying a write to writing its watch response on the socket, by API ("v3", "v1").

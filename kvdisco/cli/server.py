@@ -25,10 +25,12 @@ from aiohttp import web
 from kvdisco.api.app import make_app
 from kvdisco.api.backend import Backend, BackendConfig, WatchedMachine
 from kvdisco.api.fastpath import GatewaySite
+from kvdisco.cli.heap import FreezeAfterSlowCollections
+from kvdisco.mvcc.errors import MvccError
 from kvdisco.mvcc.lease_clock import LeaseClock
 from kvdisco.mvcc.machine import KVMachine
 from kvdisco.mvcc.watch import WatchHub
-from kvdisco.raft import RaftError
+from kvdisco.raft import InvariantViolation, RaftError
 from kvdisco.raft.node import Node, NodeConfig
 
 __all__ = ["main"]
@@ -209,14 +211,16 @@ async def serve(args: argparse.Namespace) -> int:
     node = Node(cfg, sm)
     try:
         await node.start()
-    except (RaftError, OSError) as exc:
-        # E.g. CorruptLogError names the WAL file and offset: say so plainly and refuse to run.
+    except (RaftError, OSError, MvccError, InvariantViolation) as exc:
+        # E.g. CorruptLogError names the WAL file and offset, SnapshotError a snapshot this version
+        # cannot read: say so plainly and refuse to run.
         log.error("cannot start member %s: %s", cfg.name, exc)
         return 2
     # Everything loaded so far (the store from the snapshot and the WAL) lives as long as the process: keep
     # the cyclic garbage collector from walking those millions of objects again on every full collection.
     gc.collect()
     gc.freeze()
+    FreezeAfterSlowCollections().install()  # and so on as the store grows: see kvdisco/cli/heap.py
     backend = Backend(
         node,
         sm,
