@@ -15,25 +15,9 @@ from kvdisco.raft import node as node_module
 from kvdisco.raft.storage import DiskStorage
 
 from .cluster import free_port
+from .test_node_api import ListMachine  # its snapshot is every command: the state grows with the log
 
 ELECTION_TICKS = 20
-
-
-class BigMachine:
-    """Keeps every command; its snapshot is all of them, so the state grows with the log."""
-
-    def __init__(self) -> None:
-        self.items: list[bytes] = []
-
-    def apply(self, index: int, command: bytes) -> int:
-        self.items.append(command)
-        return len(self.items)
-
-    def snapshot(self) -> bytes:
-        return b"\n".join(self.items)
-
-    def restore(self, data: bytes) -> None:
-        self.items = data.split(b"\n") if data else []
 
 
 def config(d: Path, name: str = "solo", **kw: object) -> NodeConfig:
@@ -49,7 +33,7 @@ def config(d: Path, name: str = "solo", **kw: object) -> NodeConfig:
     )
 
 
-async def leader(cfg: NodeConfig, sm: BigMachine) -> Node:
+async def leader(cfg: NodeConfig, sm: ListMachine) -> Node:
     node = Node(cfg, sm)
     await node.start()
     async with asyncio.timeout(10):
@@ -68,7 +52,7 @@ async def settle(node: Node) -> None:
 @pytest.mark.parametrize("in_child", [True, False])
 async def test_snapshot_file_is_installed_in_place_and_restored_on_restart(tmp_path: Path, in_child: bool) -> None:
     cfg = config(tmp_path, snapshot_entries=20, snapshot_in_child=in_child)
-    sm = BigMachine()
+    sm = ListMachine()
     node = await leader(cfg, sm)
     try:
         for i in range(30):
@@ -86,7 +70,7 @@ async def test_snapshot_file_is_installed_in_place_and_restored_on_restart(tmp_p
     storage = DiskStorage.open(cfg.data_dir)
     assert storage.snapshot.index >= 20 and storage.snapshot_file_bytes > 0
     storage.close()
-    again = BigMachine()
+    again = ListMachine()
     node = await leader(cfg, again)
     try:
         async with asyncio.timeout(10):
@@ -104,7 +88,7 @@ async def test_a_large_state_is_snapshotted_when_the_log_weighs_as_much(
     entries as the last snapshot file holds, so their spacing doubles as the state doubles."""
     monkeypatch.setattr(node_module, "SNAPSHOT_CHEAP_BYTES", 0)
     cfg = config(tmp_path, snapshot_entries=10)
-    sm = BigMachine()
+    sm = ListMachine()
     node = await leader(cfg, sm)
     taken: list[int] = []
     try:
@@ -127,7 +111,7 @@ async def test_the_replay_bound_wins_over_the_growth_rule(tmp_path: Path, monkey
     monkeypatch.setattr(node_module, "SNAPSHOT_GROWTH", 1000.0)
     monkeypatch.setattr(node_module, "SNAPSHOT_ENTRIES_MAX", 25)
     cfg = config(tmp_path, snapshot_entries=10)
-    node = await leader(cfg, BigMachine())
+    node = await leader(cfg, ListMachine())
     try:
         for i in range(100):
             await node.propose(b"%06d" % i)
