@@ -21,10 +21,10 @@ import http
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any, cast
+from typing import cast
 
 from aiohttp import web
 
@@ -64,7 +64,7 @@ class Head:
     forwarded: bool
 
 
-def parse_head(head: bytes, routes: Any) -> Head | None:
+def parse_head(head: bytes, routes: Container[str]) -> Head | None:
     """Parse a request head (without its blank line), or None when aiohttp should have the request.
 
     Only a plain ``POST <route> HTTP/1.1`` with one decimal ``Content-Length`` within the body limit

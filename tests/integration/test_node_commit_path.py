@@ -85,7 +85,7 @@ async def test_acknowledged_and_applied_entries_were_durable_first(cluster: Watc
     lead = await cluster.leader()
     for i in range(100):  # one at a time: the leader writes each entry on the loop thread (when inline)
         assert await lead.propose(f"one{i}".encode()) == i + 1
-    # Many at once: batches too large for the loop thread go to the leader's I/O thread.
+    # Many at once: with more than two proposals waiting the leader writes on its I/O thread.
     for burst in range(5):
         results = await asyncio.gather(*(lead.propose(f"many{burst}.{i}".encode()) for i in range(64)))
         assert sorted(results) == list(range(101 + 64 * burst, 101 + 64 * (burst + 1)))
