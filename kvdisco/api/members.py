@@ -3,6 +3,9 @@
 A member's id is derived from its name (see :func:`kvdisco.raft.node.member_id`), so adding a
 member needs its name as well as its peer URL: etcd's ``member add`` request carries only peer
 URLs, and kvdisco also takes a ``name`` field. The name must be the new node's ``--name``.
+
+For the same reason a removed member's name can never be added again (etcd refuses a removed
+member's id the same way, "ID removed"): its id is recorded as removed in the replicated membership.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from urllib.parse import urlsplit
 
 from kvdisco.api import v3_codec as codec
 from kvdisco.api.backend import RequestFailed
-from kvdisco.raft import NotLeader, ProposalDropped, RaftError
+from kvdisco.raft import ConfChangeError, NotLeader, ProposalDropped, RaftError
 from kvdisco.raft.node import MemberInfo, Node, member_id
 
 __all__ = ["add_member", "member_json", "member_list", "promote_member", "remove_member"]
@@ -65,6 +68,18 @@ async def _conf_change(coro: Any) -> None:
         raise
     except ProposalDropped:
         raise RequestFailed(_CODE_UNAVAILABLE, "etcdserver: leader changed") from None
+    except ConfChangeError as exc:  # the leader refused it: a change in progress, a removed id, the last voter
+        raise RequestFailed(_CODE_FAILED_PRECONDITION, f"etcdserver: {exc}") from None
+
+
+def _removed_error(name: str, node_id: int) -> RequestFailed:
+    """Adding a removed member's name: say why, and what to do instead."""
+    return RequestFailed(
+        _CODE_FAILED_PRECONDITION,
+        f"etcdserver: member ID removed: member {name!r} (ID {node_id:x}) was removed from this cluster and can "
+        "never be added again (a member's ID is derived from its name); add it under a new name, with an empty "
+        "data directory",
+    )
 
 
 async def add_member(node: Node, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,6 +95,8 @@ async def add_member(node: Node, body: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(learner, bool):
         raise RequestFailed(_CODE_INVALID_ARGUMENT, "etcdserver: isLearner must be a boolean")
     info = MemberInfo(member_id(name), name, urls[0])
+    if info.id in node.removed_members():
+        raise _removed_error(name, info.id)
     current = node.members()
     if info.id in current:
         raise RequestFailed(_CODE_FAILED_PRECONDITION, "etcdserver: member ID already exist")

@@ -3,6 +3,10 @@
 ``apply`` never raises for a bad command: a command that does not decode, or that the store
 refuses, returns an :class:`ApplyError` and changes nothing. Every replica applies the same
 entries in the same order, so every replica's store goes through the same states.
+
+It does raise, :class:`~kvdisco.raft.errors.InvariantViolation`, for an entry out of order: an
+index at or below the last one applied would apply a write twice (a second revision, a lease
+granted again), so the node must stop instead. See :meth:`KVMachine.apply` for why gaps are fine.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from kvdisco.mvcc.kvstore import (
     TxnResult,
 )
 from kvdisco.mvcc.lessor import Lessor
+from kvdisco.raft.errors import InvariantViolation
 
 __all__ = ["MACHINE_SNAPSHOT_FORMAT", "ApplyError", "ApplyResult", "KVMachine"]
 
@@ -69,6 +74,18 @@ class KVMachine:
         self.applied_index = 0
 
     def apply(self, index: int, command: bytes) -> ApplyResult:
+        """Apply the command committed at log ``index``; refuse, changing nothing, an index not past the last.
+
+        Indexes must rise but may skip: the Raft node hands the machine only entries that carry a command,
+        not a new leader's empty entry nor a membership change, and restoring a snapshot moves
+        ``applied_index`` to where the snapshot was taken. So ``index`` need only be above
+        ``applied_index``; anything else would apply a command twice, or one older than the state.
+        """
+        if index <= self.applied_index:
+            raise InvariantViolation(
+                f"mvcc: entry {index} applied after entry {self.applied_index}: applying it again would "
+                "duplicate its write. Was the log replayed over a state that already holds it?"
+            )
         self.applied_index = index
         try:
             req = decode_command(command)

@@ -93,14 +93,23 @@ def obj_to_entry(o: Any) -> Entry:
 
 
 def _conf_state_to_obj(cs: ConfState) -> list[Any]:
+    """``[voters, learners]``, plus ``removed`` only when there are any.
+
+    A conf state without removals encodes as before, so snapshots and peers of earlier versions read it.
+    """
+    if cs.removed:
+        return [sorted(cs.voters), sorted(cs.learners), sorted(cs.removed)]
     return [sorted(cs.voters), sorted(cs.learners)]
 
 
 def _obj_to_conf_state(o: Any) -> ConfState:
-    v, lr = _list(o, "conf state", 2)
-    voters = frozenset(_int(x, "voter id") for x in _list(v, "voters"))
-    learners = frozenset(_int(x, "learner id") for x in _list(lr, "learners"))
-    return ConfState(voters, learners)
+    """Reads both layouts: ``[voters, learners]`` (earlier versions, or nothing removed) and with ``removed``."""
+    if type(o) is not list or len(o) not in (2, 3):
+        raise ValueError("conf state: expected an array of 2 or 3")
+    voters = frozenset(_int(x, "voter id") for x in _list(o[0], "voters"))
+    learners = frozenset(_int(x, "learner id") for x in _list(o[1], "learners"))
+    removed = frozenset(_int(x, "removed id") for x in _list(o[2], "removed")) if len(o) == 3 else frozenset()
+    return ConfState(voters, learners, removed)
 
 
 def _snapshot_meta_to_obj(m: SnapshotMeta) -> list[Any]:

@@ -16,6 +16,7 @@ from . import limits
 from ._codec import decode_conf_change
 from ._log import RaftLog
 from ._messages import (
+    LOCAL_MESSAGES,
     NONE,
     ConfChange,
     ConfChangeType,
@@ -41,18 +42,37 @@ CAMPAIGN_TRANSFER = b"transfer"
 
 #: Messages the leader may send before its own fsync: they only carry its log outward (thesis §10.2.1).
 _EARLY_TYPES = frozenset({MT.APP, MT.HEARTBEAT, MT.SNAP})
+#: The context of an APP that only carries a new commit index to a follower the leader knows to hold every
+#: entry: the follower applies it and does not answer (an answer would tell the leader nothing). Followers
+#: that do not know the mark answer as usual, so the two versions interoperate.
+COMMIT_NOTICE = b"commit"
+
+#: What a removed member may still tell us. Local messages are our own driver's. TIMEOUT_NOW is how a removed
+#: leader hands over (see apply_conf_change): its target holds the leader's whole log, and the voters that have
+#: applied the removal ignore its heartbeats, so without it they would wait out an election timeout.
+_FROM_REMOVED_TYPES = LOCAL_MESSAGES | {MT.TIMEOUT_NOW}
 
 
 def conf_after(cs: ConfState, cc: ConfChange) -> ConfState:
-    """The membership once ``cc`` is applied to ``cs`` (a voter may become a learner and back)."""
-    voters, learners = set(cs.voters), set(cs.learners)
+    """The membership once ``cc`` is applied to ``cs`` (a voter may become a learner and back).
+
+    A removal records the id as removed for good. The leader never proposes adding a removed id (see
+    :meth:`Raft.propose_conf_change`); should a committed entry do so anyway (a log written by an earlier
+    version, which did not refuse it), it is applied as written, so that every member, whatever snapshot
+    it started from, still computes the same membership from the same log.
+    """
+    voters, learners, removed = set(cs.voters), set(cs.learners), set(cs.removed)
     voters.discard(cc.node_id)
     learners.discard(cc.node_id)
     if cc.type == ConfChangeType.ADD_VOTER:
         voters.add(cc.node_id)
+        removed.discard(cc.node_id)
     elif cc.type == ConfChangeType.ADD_LEARNER:
         learners.add(cc.node_id)
-    return ConfState(frozenset(voters), frozenset(learners))
+        removed.discard(cc.node_id)
+    else:
+        removed.add(cc.node_id)
+    return ConfState(frozenset(voters), frozenset(learners), frozenset(removed))
 
 
 class ConfChangeError(RaftError):
@@ -138,6 +158,8 @@ class Raft:
         self.role = StateRole.FOLLOWER
         self.voters: set[int] = set()
         self.learners: set[int] = set()
+        #: Ids removed from the cluster for good: never added again, their messages dropped (see ConfState).
+        self.removed: frozenset[int] = frozenset()
         self.prs: dict[int, Progress] = {}
         self._set_conf(self.log.snapshot.conf_state)
         #: Outgoing messages to send after the Ready's persistence, and those that may go before it.
@@ -156,6 +178,9 @@ class Raft:
         self.uncommitted_bytes = 0
         self._reads: dict[bytes, _PendingRead] = {}
         self._read_queue: list[bytes] = []
+        #: The requests (requester and its context) of the pending rounds, and how many rounds were started.
+        self._read_requests: set[bytes] = set()
+        self._read_rounds = 0
         self._reads_waiting_commit: list[Message] = []
         #: Set when new entries should be broadcast; flushed lazily so many proposals share one APP.
         self._bcast_pending = False
@@ -166,7 +191,7 @@ class Raft:
     # -- membership --------------------------------------------------------------------------------------------------
 
     def conf_state(self) -> ConfState:
-        return ConfState(frozenset(self.voters), frozenset(self.learners))
+        return ConfState(frozenset(self.voters), frozenset(self.learners), self.removed)
 
     def _new_progress(self, is_learner: bool) -> Progress:
         cfg = self.cfg
@@ -177,6 +202,7 @@ class Raft:
     def _set_conf(self, cs: ConfState) -> None:
         self.voters = set(cs.voters)
         self.learners = set(cs.learners)
+        self.removed = cs.removed
         for nid in list(self.prs):
             if nid not in self.voters and nid not in self.learners:
                 del self.prs[nid]
@@ -231,7 +257,7 @@ class Raft:
         else:
             self.msgs.append(m)
 
-    def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
+    def _send_append(self, to: int, send_if_empty: bool = True, *, broadcast: bool = False) -> bool:
         pr = self.prs.get(to)
         if pr is None or pr.is_paused():
             return False
@@ -245,7 +271,21 @@ class Raft:
         ents = log.slice(pr.next, log.last_index() + 1, self.cfg.msg_bytes_max)
         if not ents and not send_if_empty:
             return False
-        self._send(Message(MT.APP, to=to, index=prev, log_term=prev_term, entries=ents, commit=log.committed))
+        # Without entries, an APP only says what is committed when the follower is known to hold all of ours, or
+        # when it is a broadcast and everything is in flight to it (its ack for the entries will say the same;
+        # should they be lost, the notice does not match its log and it answers with a reject).
+        notice = not ents and pr.state == ProgressState.REPLICATE and (broadcast or pr.match == prev)
+        self._send(
+            Message(
+                MT.APP,
+                to=to,
+                index=prev,
+                log_term=prev_term,
+                entries=ents,
+                commit=log.committed,
+                context=COMMIT_NOTICE if notice else b"",
+            )
+        )
         if ents:
             if pr.state == ProgressState.REPLICATE:
                 last = ents[-1].index
@@ -274,7 +314,7 @@ class Raft:
     def _bcast_append(self) -> None:
         for nid in self.prs:
             if nid != self.id:
-                self._send_append(nid)
+                self._send_append(nid, broadcast=True)
 
     def _bcast_heartbeat(self, ctx: bytes = b"") -> None:
         for nid in self.prs:
@@ -309,6 +349,7 @@ class Raft:
         self.leaving = False
         self.uncommitted_bytes = 0
         self._reads.clear()
+        self._read_requests.clear()
         self._read_queue.clear()
         self._reads_waiting_commit.clear()
         self._bcast_pending = False
@@ -443,6 +484,10 @@ class Raft:
 
     def step(self, m: Message) -> None:
         """Feed one message (from a peer, or a local one with term 0)."""
+        if m.frm in self.removed and m.type not in _FROM_REMOVED_TYPES:
+            # A removed member that does not know it (it was down) would campaign forever and could push our term
+            # up; nothing it says matters any more. (Checked before the term: a removed id never rejoins.)
+            return
         if m.term == 0:
             pass  # local message
         elif m.term > self.term:
@@ -616,7 +661,8 @@ class Raft:
             return
         last_new = log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            self._send(Message(MT.APP_RESP, to=m.frm, index=last_new))
+            if m.context != COMMIT_NOTICE or m.entries:
+                self._send(Message(MT.APP_RESP, to=m.frm, index=last_new))
             return
         hint_index = min(m.index, log.last_index())
         hint_index, hint_term = log.find_conflict_by_term(hint_index, m.log_term)
@@ -707,6 +753,9 @@ class Raft:
             raise ConfChangeError(f"node {cc.node_id} is already a learner")
         if cc.type == ConfChangeType.REMOVE_NODE and cc.node_id not in self.voters | self.learners:
             raise ConfChangeError(f"node {cc.node_id} is not a member")
+        if cc.type != ConfChangeType.REMOVE_NODE and cc.node_id in self.removed:
+            # The id may come back on a node that has forgotten its votes and log: two leaders could win one term.
+            raise ConfChangeError(f"node {cc.node_id} was removed from the cluster and can never be added again")
         index, term = self.propose(data, EntryType.CONF_CHANGE)
         self.pending_conf_index = index
         if cc.node_id == self.id and cc.type != ConfChangeType.ADD_VOTER:
@@ -746,10 +795,16 @@ class Raft:
         if len(self.voters) == 1 and self.id in self.voters:
             self._answer_read(requester, self.log.committed, m.context)
             return
-        # Keyed by requester too: each node numbers its own reads, so different nodes' contexts collide.
-        ctx = b"%d:%s" % (requester, m.context)
-        if ctx in self._reads:
+        # A duplicate of a pending request (keyed by requester too: each node numbers its own reads) joins it.
+        request = b"%d:%s" % (requester, m.context)
+        if request in self._read_requests:
             return
+        # Each round gets a name of its own for its heartbeats. Named after the request, a round could count
+        # an acknowledgement left over from an earlier round for the same request (a duplicated READ_INDEX): a
+        # deposed leader would then answer with its stale commit index.
+        self._read_rounds += 1
+        ctx = b"%d.%d" % (self.term, self._read_rounds)
+        self._read_requests.add(request)
         self._reads[ctx] = _PendingRead(self.log.committed, requester, {self.id}, m.context)
         self._read_queue.append(ctx)
         self._bcast_heartbeat(ctx)
@@ -766,6 +821,7 @@ class Raft:
         done, self._read_queue = self._read_queue[:n], self._read_queue[n:]
         for c in done:
             r = self._reads.pop(c)
+            self._read_requests.discard(b"%d:%s" % (r.requester, r.context))
             self._answer_read(r.requester, r.index, r.context)
 
     def _answer_read(self, requester: int, index: int, ctx: bytes) -> None:

@@ -107,14 +107,27 @@ class HardState:
 
 @dataclass(slots=True, frozen=True)
 class ConfState:
-    """The membership in force at some log index."""
+    """The membership in force at some log index.
+
+    ``removed`` holds every id a committed REMOVE_NODE took out (as etcd records removed members): such
+    an id may never be added again, because a member that came back under it would have forgotten its
+    votes and its log, and its messages are dropped. It rides along wherever the membership is stored
+    (snapshot metadata, SNAP messages), so it survives compaction and restarts and every member agrees.
+    Equality compares the membership in force (voters and learners); ``removed`` is its history.
+
+    Invariant: ``voters``, ``learners`` and ``removed`` are pairwise disjoint.
+    """
 
     voters: frozenset[int] = frozenset()
     learners: frozenset[int] = frozenset()
+    removed: frozenset[int] = field(default=frozenset(), compare=False)
 
     def __post_init__(self) -> None:
         if self.voters & self.learners:
             raise ValueError(f"a node cannot be both voter and learner: {sorted(self.voters & self.learners)}")
+        back = self.removed & (self.voters | self.learners)
+        if back:
+            raise ValueError(f"a removed node cannot be a member: {sorted(back)}")
 
 
 @dataclass(slots=True, frozen=True)
@@ -222,12 +235,17 @@ class Ready:
     read_states: list[ReadState] = field(default_factory=list)
     #: The hard state's term or vote changed (not only its commit index).
     term_or_vote_changed: bool = False
+    #: ``committed_entries`` hold a conf change whose commit may not be durable yet (see :meth:`must_sync`).
+    commits_conf_change: bool = False
 
     def must_sync(self) -> bool:
         """Whether step 1 needs an fsync before anything in ``messages`` may be sent.
 
         A change of commit index alone need not be durable (a restarted node
         learns it again from the leader), so it may be written with the
-        next synced batch instead (etcd's MustSync).
+        next synced batch instead (etcd's MustSync). Except when a conf change
+        is about to be applied: a node that forgot it committed one could,
+        after a restart, wait for a vote from a member that no longer counts
+        itself a voter, and neither would ever campaign.
         """
-        return bool(self.entries) or self.snapshot is not None or self.term_or_vote_changed
+        return bool(self.entries) or self.snapshot is not None or self.term_or_vote_changed or self.commits_conf_change

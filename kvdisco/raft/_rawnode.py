@@ -17,6 +17,7 @@ from ._messages import (
     ConfChange,
     ConfState,
     Entry,
+    EntryType,
     HardState,
     Message,
     MessageType,
@@ -43,6 +44,8 @@ class RawNode:
         self._prev_hard = self.raft.hard_state()
         self._prev_soft = SoftState(self.raft.lead, self.raft.role)
         self._ready_out: Ready | None = None
+        #: The commit index last written with an fsync, as far as this node knows (see Ready.must_sync).
+        self._synced_commit = self._prev_hard.commit
 
     # -- input -------------------------------------------------------------------------------------------------------
 
@@ -53,7 +56,10 @@ class RawNode:
         self.raft.step(Message(MessageType.HUP, frm=self.raft.id))
 
     def step(self, m: Message) -> bool:
-        """Feed a message from a peer. Returns False (and changes nothing) for one no peer may send."""
+        """Feed a message from a peer. Returns False (and changes nothing) for one no peer may send.
+
+        A well-formed message from a removed member is taken, and ignored by the core (as a stale term's is).
+        """
         if m.type in LOCAL_MESSAGES or m.frm == 0 or m.to != self.raft.id:
             return False
         if m.type == MessageType.SNAP and (m.snapshot is None or m.snapshot_data is None):
@@ -93,8 +99,21 @@ class RawNode:
             # Our term or vote is not durable yet (a lone voter wins at once): after a crash we could reuse the
             # term for other entries. They leave with the Ready that persists it, as ready() arranges.
             return []
+        if self._reveals_unsynced_conf_commit():
+            return []  # they leave with the Ready that makes the commit durable, as ready() arranges
         msgs, self.raft.msgs_early = self.raft.msgs_early, []
         return msgs
+
+    def _reveals_unsynced_conf_commit(self) -> bool:
+        """Leader: whether the commit index it would send covers a conf change its own disk does not know committed.
+
+        Followers apply a conf change once told it is committed. Were the leader to crash before writing that
+        commit index, it would come back under the old membership while they run the new one, and the two may
+        never agree on a leader again (say the new one made a follower a learner: the leader then waits for its
+        vote, and the learner never campaigns). So that commit index leaves only after the leader's fsync.
+        """
+        r = self.raft
+        return r.role == StateRole.LEADER and self._synced_commit < r.pending_conf_index <= r.log.committed
 
     def replication_idle(self) -> bool:
         """Leader only: no APP is in flight to any follower (what it proposes now would travel alone)."""
@@ -141,15 +160,19 @@ class RawNode:
             rd.snapshot = log.pending_snapshot
             rd.snapshot_data = log.pending_snapshot_data
         rd.committed_entries = log.next_committed(r.cfg.apply_batch_bytes_max)
+        synced = self._synced_commit
+        reveals = self._reveals_unsynced_conf_commit()
+        rd.commits_conf_change = reveals or any(
+            e.type == EntryType.CONF_CHANGE and e.index > synced for e in rd.committed_entries
+        )
         rd.messages_before_persist, r.msgs_early = r.msgs_early, []
         rd.messages, r.msgs = r.msgs, []
         rd.read_states, r.read_states = r.read_states, []
-        if r.role == StateRole.LEADER and rd.hard_state is not None:
-            prev = self._prev_hard
-            if (rd.hard_state.term, rd.hard_state.vote) != (prev.term, prev.vote):
-                # Our term or vote is not durable yet: nothing may leave before the fsync.
-                rd.messages = rd.messages_before_persist + rd.messages
-                rd.messages_before_persist = []
+        if r.role == StateRole.LEADER and (reveals or rd.term_or_vote_changed):
+            # Our term or vote, or the commit of a conf change, is not durable yet: nothing may leave before
+            # the fsync.
+            rd.messages = rd.messages_before_persist + rd.messages
+            rd.messages_before_persist = []
         self._ready_out = rd
         return rd
 
@@ -164,6 +187,9 @@ class RawNode:
             self._prev_soft = rd.soft_state
         if rd.hard_state is not None:
             self._prev_hard = rd.hard_state
+        if rd.must_sync():
+            # The driver wrote the latest hard state with this fsync (this Ready's, or one it held unsynced).
+            self._synced_commit = max(self._synced_commit, self._prev_hard.commit)
         if rd.snapshot is not None and log.pending_snapshot is rd.snapshot:
             log.pending_snapshot = None
             log.pending_snapshot_data = None

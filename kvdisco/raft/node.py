@@ -460,6 +460,10 @@ class Node:
         cs = self.rawnode.conf_state()
         return {nid: self._members.get(nid, MemberInfo(nid, "", "")) for nid in sorted(cs.voters | cs.learners)}
 
+    def removed_members(self) -> frozenset[int]:
+        """Ids removed from the cluster as far as this member has applied: none of them may be added again."""
+        return self.rawnode.raft.removed
+
     def member(self, node_id: int) -> MemberInfo | None:
         return self._members.get(node_id)
 
@@ -712,6 +716,8 @@ class Node:
             self._unsynced_hard_state = None
             t0 = time.perf_counter()
             if self._persist_inline(rd):
+                if self._transport is not None:
+                    self._transport.write_queued()  # the loop stops for the fsync: let queued frames go first
                 self._persist(rd)
                 if early:
                     self._apply(committed[:early], conf_done)
@@ -832,6 +838,8 @@ class Node:
         """
         if self._transport is None or info.id == self.id or not info.peer_url:
             return
+        if self._rn is not None and info.id in self._rn.raft.removed:
+            return  # a removed member (still in --initial-cluster, say): it has nothing to hear from us
         try:
             host, port = info.peer_host_port()
         except ValueError:
@@ -959,6 +967,9 @@ class Node:
             code = 1
             try:
                 gc.disable()  # a collection would touch, and so copy, every page of the parent's heap
+                # The member's sockets (its client and peer ports above all) must not outlive it in here: a
+                # member restarted after kill -9 could not bind its ports again until the child had exited.
+                os.closerange(3, max(256, os.sysconf("SC_OPEN_MAX")))
                 # A member killed with kill -9 takes its child along (Linux): an orphan would go on taking
                 # a core from the restarted member, and write its file after recovery cleaned up.
                 with contextlib.suppress(OSError, AttributeError):

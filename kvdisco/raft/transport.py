@@ -96,7 +96,7 @@ class _Snapshot:
 class _Peer:
     """Where to dial a peer, what is waiting for it, and the task that sends it."""
 
-    __slots__ = ("greet", "host", "idle", "node_id", "port", "queue", "sending_snapshot", "task", "wakeup")
+    __slots__ = ("greet", "host", "idle", "node_id", "parked", "port", "queue", "sending_snapshot", "task", "wakeup")
 
     def __init__(self, node_id: int, host: str, port: int) -> None:
         self.node_id = node_id
@@ -110,6 +110,9 @@ class _Peer:
         #: kernel: ``send`` may then write one frame itself, in order, without waking the task (one loop
         #: turn less per message on the commit path). None otherwise.
         self.idle: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        #: The connection, while its writer task waits for the queue to fill (whatever ``idle`` says):
+        #: ``write_queued`` may then write the queue itself. None otherwise.
+        self.parked: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         #: Dial even with nothing queued, so the peer hears our HELLO (and learns our client URLs).
         self.greet = False
 
@@ -379,6 +382,23 @@ class PeerTransport:
         peer.idle = None
         return True
 
+    def write_queued(self) -> None:
+        """Hand every queued frame to its socket now, where the connection is up and its writer task waits.
+
+        The node calls this before it blocks its event loop (an fsync on the loop thread): frames queued
+        in this loop turn, such as a new entry for the followers, would otherwise wait for the writer
+        tasks' turn after the fsync. Under the same conditions as ``send``'s direct write, so order and
+        the queue's bound are kept; the woken writer task finds the queue empty and waits again.
+        """
+        for peer in self._peers.values():
+            conn = peer.parked
+            if conn is None or not peer.queue or not isinstance(peer.queue[0], bytes):
+                continue
+            reader, writer = conn
+            if reader.at_eof() or writer.is_closing() or writer.transport.get_write_buffer_size():
+                continue
+            self._write_batch(peer.queue, writer)
+
     def stats(self) -> dict[str, int]:
         out = {f.name: getattr(self._c, f.name) for f in fields(self._c)}
         out["msgs_queued"] = sum(len(p.queue) for p in self._peers.values())
@@ -451,7 +471,7 @@ class PeerTransport:
         if peer.task is not None:
             peer.task.cancel()  # its finally clause closes the socket
             peer.task = None
-        peer.idle = None  # that connection is going: nothing more may be written to it
+        peer.idle = peer.parked = None  # that connection is going: nothing more may be written to it
         self._fail_snapshots(peer.node_id, peer.sending_snapshot, soon=True)
         peer.sending_snapshot = False
 
@@ -505,12 +525,13 @@ class PeerTransport:
         queue = peer.queue
         while True:
             if not queue:
-                peer.idle = (reader, writer)
+                peer.idle = peer.parked = (reader, writer)
                 try:
                     while not queue:
                         peer.wakeup.clear()
                         await peer.wakeup.wait()
                 finally:
+                    peer.parked = None
                     if peer.idle is not None and peer.idle[1] is writer:
                         peer.idle = None
             # The acceptor never writes, so EOF here means it closed (or restarted).
@@ -521,18 +542,23 @@ class PeerTransport:
                 queue.popleft()
                 await self._write_snapshot(peer, writer, first)
                 continue
-            frames: list[bytes] = []
-            size = 0
-            while queue and size < _WRITE_BATCH_BYTES_MAX:
-                item = queue[0]
-                if not isinstance(item, bytes):
-                    break
-                queue.popleft()
-                frames.append(item)
-                size += len(item)
+            self._write_batch(queue, writer)
+            await _drain(writer)
+
+    def _write_batch(self, queue: deque[bytes | _Snapshot], writer: asyncio.StreamWriter) -> None:
+        """Write the frames at the head of ``queue`` (up to a snapshot or the batch bound) in one write."""
+        frames: list[bytes] = []
+        size = 0
+        while queue and size < _WRITE_BATCH_BYTES_MAX:
+            item = queue[0]
+            if not isinstance(item, bytes):
+                break
+            queue.popleft()
+            frames.append(item)
+            size += len(item)
+        if frames:
             writer.write(b"".join(frames))
             self._c.frames_sent += len(frames)
-            await _drain(writer)
 
     async def _write_snapshot(self, peer: _Peer, writer: asyncio.StreamWriter, snap: _Snapshot) -> None:
         peer.sending_snapshot = True

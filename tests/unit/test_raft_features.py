@@ -63,7 +63,8 @@ def test_read_index_confirms_all_earlier_pending_reads() -> None:
     h.run("read-index 1 a")
     h.run("read-index 1 b")
     h.process_ready(1)
-    h.deliver(lambda m: m.to == 2 and m.context.endswith(b"b"))  # only the second round's heartbeat arrives
+    second = [m for m in h.net if m.to == 2 and m.type == MT.HEARTBEAT][-1]
+    h.deliver(lambda m: m is second)  # only the second round's heartbeat arrives
     h.process_ready(2)
     h.deliver(lambda m: m.to == 1)
     h.process_ready(1)
@@ -577,3 +578,134 @@ def test_probe_sends_one_app_at_a_time() -> None:
     # Partition drops are counted at send time: only the first probe was even attempted.
     pr = h.rn(1).raft.prs[3]
     assert pr.state == ProgressState.PROBE and pr.paused
+
+
+# -- Commit notices: an APP that only moves the commit index needs no answer -------------------------------------
+
+
+def _commit_only_apps(h: Harness, to: int) -> list[Message]:
+    return [m for m in h.net if m.type == MT.APP and m.to == to and not m.entries]
+
+
+def test_commit_notice_to_an_up_to_date_follower_is_not_answered() -> None:
+    from kvdisco.raft._core import COMMIT_NOTICE
+
+    h = elected()
+    h.run("propose 1 a")
+    h.process_ready(1)
+    h.deliver(lambda m: m.to in (2, 3))
+    h.process_ready(2)
+    h.process_ready(3)
+    h.deliver(lambda m: m.to == 1)
+    h.process_ready(1)  # commits 'a' on 2's ack and tells the followers
+    # 2's ack was counted: the leader knows 2 holds everything. 3's is still on its way (the core takes one
+    # message at a time), but 'a' is in flight to 3, and the ack for it will tell the leader what an answer
+    # to the commit would: both get a notice.
+    assert [m.context for m in _commit_only_apps(h, 2)] == [COMMIT_NOTICE]
+    assert [m.context for m in _commit_only_apps(h, 3)] == [COMMIT_NOTICE]
+    h.deliver(lambda m: m.to in (2, 3))
+    for nid in (2, 3):
+        rd = h.process_ready(nid)
+        assert rd is not None and not rd.messages  # applied, and nothing to say
+    assert h.node(2).sm == h.node(3).sm == ["a"]
+    last = h.rn(1).raft.log.last_index()
+    assert h.rn(1).raft.prs[2].match == h.rn(1).raft.prs[3].match == last
+
+
+def test_commit_only_app_to_a_follower_not_known_to_hold_everything_asks_for_an_answer() -> None:
+    # A probe (or a follower whose ack is still on its way) must answer: the leader learns its match from it.
+    h = elected()
+    h.run("report-unreachable 1 3")
+    h.rn(1).raft._send_append(3)  # what a commit broadcast sends 3 now
+    h.process_ready(1)
+    probes = _commit_only_apps(h, 3)
+    assert probes and all(m.context == b"" for m in probes)
+    h.deliver(lambda m: m.to == 3)
+    rd = h.process_ready(3)
+    assert rd is not None and any(m.type == MT.APP_RESP for m in rd.messages)
+
+
+def test_commit_notice_that_does_not_match_the_log_is_rejected_as_usual() -> None:
+    from kvdisco.raft._core import COMMIT_NOTICE
+
+    h = elected()
+    leader = h.rn(1).raft
+    last = leader.log.last_index()
+    bogus = Message(
+        MT.APP, to=2, frm=1, term=leader.term, index=last + 5, log_term=leader.term, commit=last, context=COMMIT_NOTICE
+    )
+    h.rn(2).step(bogus)
+    rd = h.process_ready(2)
+    assert rd is not None
+    assert [m.reject for m in rd.messages if m.type == MT.APP_RESP] == [True]
+
+
+def test_a_ready_that_applies_a_conf_change_must_be_synced() -> None:
+    # A member that forgot it committed a conf change (the commit index is otherwise written without an fsync)
+    # could wait after a restart for the vote of a member that no longer counts itself a voter.
+    h = elected()
+    h.rn(1).propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    h.process_ready(1)
+    h.deliver(lambda m: m.to in (2, 3))
+    h.process_ready(2)
+    h.process_ready(3)
+    h.deliver(lambda m: m.to == 1)
+    rd = h.process_ready(1)
+    assert rd is not None and rd.committed_entries and rd.commits_conf_change and rd.must_sync()
+    h.run("propose 1 a")
+    h.stabilize()
+    h.run("propose 1 b")
+    h.process_ready(1)
+    h.deliver(lambda m: m.to in (2, 3))
+    h.process_ready(2)
+    h.deliver(lambda m: m.to == 1)
+    rd = h.process_ready(1)
+    assert rd is not None and rd.committed_entries and not rd.commits_conf_change
+    assert not rd.entries and not rd.must_sync()  # a commit alone still needs no fsync
+
+
+def test_leader_sends_the_commit_of_a_conf_change_only_once_it_is_durable() -> None:
+    # Followers apply a conf change when told it is committed. Had the leader told them before writing the
+    # commit index, a crash could bring it back under the old membership while they run the new one.
+    h = elected()
+    h.run("add-node 4")
+    h.rn(1).propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    h.process_ready(1)
+    h.deliver(lambda m: m.to in (2, 3))
+    h.process_ready(2)
+    h.process_ready(3)
+    h.deliver(lambda m: m.to == 1)  # committed now, in memory only
+    assert h.rn(1).take_early_messages() == []
+    rd = h.process_ready(1)
+    assert rd is not None and rd.must_sync() and rd.hard_state is not None
+    assert rd.messages_before_persist == []
+    assert {m.to for m in rd.messages if m.type == MT.APP and m.commit == rd.hard_state.commit} == {2, 3}
+    # Once written, commits go out early again.
+    h.stabilize()
+    h.rn(1).propose(b"x")
+    assert [m.type for m in h.rn(1).take_early_messages()] == [MT.APP, MT.APP, MT.APP]
+
+
+def test_read_round_does_not_count_an_ack_left_from_an_earlier_round_for_the_same_request() -> None:
+    # A duplicated READ_INDEX starts a second round for the same request. An acknowledgement of the first
+    # round arriving late must not confirm the second: by then this leader may have been deposed, and it would
+    # answer reads with a stale commit index.
+    h = elected()
+    forwarded = Message(MT.READ_INDEX, to=1, frm=2, context=b"r")
+    h.rn(1).step(forwarded)
+    h.process_ready(1)
+    h.deliver(lambda m: m.type == MT.HEARTBEAT)
+    h.process_ready(2)
+    h.process_ready(3)
+    late = [m for m in h.net if m.type == MT.HEARTBEAT_RESP and m.frm == 3]
+    h.net = [m for m in h.net if m not in late]
+    h.deliver(lambda m: m.to == 1)  # 2's ack confirms the first round
+    h.process_ready(1)
+    assert [m.type for m in h.net if m.to == 2] == [MT.READ_INDEX_RESP]
+    h.net.clear()
+    h.rn(1).step(Message(MT.READ_INDEX, to=1, frm=2, context=b"r"))  # the duplicate: a new round
+    h.process_ready(1)
+    h.net = [m for m in h.net if m.type != MT.HEARTBEAT] + late  # its heartbeats are lost; the old ack lands
+    h.deliver(lambda m: m.to == 1)
+    h.process_ready(1)
+    assert not [m for m in h.net if m.type == MT.READ_INDEX_RESP]
