@@ -8,18 +8,25 @@ Workloads:
 
 * ``put`` and ``range``: wrk with ../shared/bench/put.lua (random keys, 64-byte values) and
   range.lua (a linearizable single-key range), at each --connections count.
-* ``watch``: --watchers streaming watches (POST /v3/watch) on one prefix, each on its own
-  connection spread over the members, then --watch-puts puts at a steady rate; the latency from
+* ``watch``: --watchers streaming watches (POST /v3/watch) on one prefix, spread over the
+  members, then --watch-puts puts at a steady rate, once per --watchers-per-stream shape (M = 1:
+  each watcher on its own connection; M > 1: the watchers multiplexed M to a stream, as etcd's
+  clientv3 multiplexes a client's watches, so 1,000 watchers at M = 50 are 20 streams); the latency from
   sending a put to each watcher receiving its event (commit + fan-out + delivery), p50 and p99,
   and a check that every watcher got every event once and in order (bench/watch_fanout.py:
   --watch-clients processes on raw sockets, and each event's arrival taken from the kernel's
   receive timestamp, so the client's own speed is not measured; the time each event was read is
   reported too, as read_p50_ms/read_p99_ms). kvdisco's own apply-to-socket latency is also read from its
-  ``kvdisco_watch_delivery_seconds`` metric and printed as "server side".
+  ``kvdisco_watch_delivery_seconds`` metric (the difference over each shape's run) and printed as
+  "server side".
 
 Usage::
 
     .venv/bin/python bench/compare_etcd.py [--seconds 8] [--connections 1,64] [--watchers 1000]
+        [--watchers-per-stream 1,50]
+
+Ports: every member's client and peer port is one the kernel hands out for a bind to port 0,
+so from its ephemeral range (``/proc/sys/net/ipv4/ip_local_port_range``, 32768-60999 by default).
 
 Needs ``etcd`` (Debian: etcd-server) and ``wrk`` on PATH.
 """
@@ -208,9 +215,12 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str,
     return res
 
 
-async def watch_fanout(c: Cluster, leader: str, watchers: int, puts: int, rate: float, clients: int) -> dict[str, Any]:
-    """Open ``watchers`` watch streams, then put ``puts`` keys; latency from each put's send to each delivery."""
-    return await watch_fanout_run(c.client_urls, leader, watchers, puts, rate, clients)
+async def watch_fanout(
+    c: Cluster, leader: str, watchers: int, puts: int, rate: float, clients: int, per_stream: int
+) -> dict[str, Any]:
+    """Open ``watchers`` watchers, ``per_stream`` to a stream, then put ``puts`` keys; latency from each
+    put's send to each delivery."""
+    return await watch_fanout_run(c.client_urls, leader, watchers, puts, rate, clients, per_stream)
 
 
 _DELIVERY_BUCKET = re.compile(r'^kvdisco_watch_delivery_seconds_bucket\{le="([^"]+)",route="v3"\} (\S+)$', re.M)
@@ -226,20 +236,31 @@ def _bucket_quantiles(buckets: dict[float, float]) -> dict[str, float]:
     return out
 
 
-async def scrape_watch_delivery(c: Cluster) -> dict[str, Any]:
-    """kvdisco's own apply-to-socket watch latency, from /metrics (bucket upper bounds), all members and each."""
-    buckets: dict[float, float] = {}
-    by_member: dict[str, Any] = {}
+async def scrape_watch_buckets(c: Cluster) -> dict[str, dict[float, float]]:
+    """Each member's cumulative ``kvdisco_watch_delivery_seconds`` buckets (route v3), by client URL."""
+    out: dict[str, dict[float, float]] = {}
     async with aiohttp.ClientSession() as s:
         for url in c.client_urls:
             async with s.get(url + "/metrics") as r:
                 text = await r.text()
-            mine: dict[float, float] = {}
-            for m in _DELIVERY_BUCKET.finditer(text):
-                bound = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
-                mine[bound] = float(m.group(2))
-                buckets[bound] = buckets.get(bound, 0.0) + float(m.group(2))
-            by_member[url] = _bucket_quantiles(mine)
+            out[url] = {
+                float("inf") if m.group(1) == "+Inf" else float(m.group(1)): float(m.group(2))
+                for m in _DELIVERY_BUCKET.finditer(text)
+            }
+    return out
+
+
+def watch_delivery(before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]) -> dict[str, Any]:
+    """kvdisco's own apply-to-socket watch latency between two scrapes (bucket upper bounds), all
+    members and each: the metric counts from each member's start, so one shape's run is the difference."""
+    buckets: dict[float, float] = {}
+    by_member: dict[str, Any] = {}
+    for url, now in after.items():
+        then = before.get(url, {})
+        mine = {bound: n - then.get(bound, 0.0) for bound, n in now.items()}
+        for bound, n in mine.items():
+            buckets[bound] = buckets.get(bound, 0.0) + n
+        by_member[url] = _bucket_quantiles(mine)
     return {**_bucket_quantiles(buckets), "by_member": by_member}
 
 
@@ -260,15 +281,23 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         leaders = {name: await wait_leader(c) for name, c in clusters.items()}
         for workload in args.workloads.split(","):
             if workload == "watch":
-                row: dict[str, Any] = {"workload": f"watch x{args.watchers}"}
-                for name, c in clusters.items():
-                    row[name] = await watch_fanout(
-                        c, leaders[name], args.watchers, args.watch_puts, args.watch_rate, args.watch_clients
-                    )
-                    if name == "kvdisco":
-                        row["kvdisco_server_side"] = await scrape_watch_delivery(c)
-                    print(name, row[name], row.get("kvdisco_server_side", ""), flush=True)
-                results["runs"].append(row)
+                for per_stream in args.watchers_per_stream:
+                    row: dict[str, Any] = {"workload": f"watch x{args.watchers} m{per_stream}"}
+                    for name, c in clusters.items():
+                        before = await scrape_watch_buckets(c) if name == "kvdisco" else {}
+                        row[name] = await watch_fanout(
+                            c,
+                            leaders[name],
+                            args.watchers,
+                            args.watch_puts,
+                            args.watch_rate,
+                            args.watch_clients,
+                            per_stream,
+                        )
+                        if name == "kvdisco":
+                            row["kvdisco_server_side"] = watch_delivery(before, await scrape_watch_buckets(c))
+                        print(name, row[name], row.get("kvdisco_server_side", ""), flush=True)
+                    results["runs"].append(row)
                 continue
             script = LUA_DIR / f"{workload}.lua"
             for conns in [int(x) for x in args.connections.split(",")]:
@@ -290,31 +319,46 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(results: dict[str, Any]) -> None:
     print(f"\n{results['etcd_version']}; {results['machine']}")
-    print(f"{'workload':<16}{'etcd':>26}{'kvdisco':>26}{'ratio':>8}")
+    print(f"{'workload':<16}{'etcd':>44}{'kvdisco':>44}{'ratio':>8}")
     for row in results["runs"]:
         if row["workload"].startswith("watch"):
             e, k = row["etcd"], row["kvdisco"]
             print(
-                f"{row['workload']:<16}{'p50 {:.1f} p99 {:.1f} ms'.format(e['p50_ms'], e['p99_ms']):>26}"
-                f"{'p50 {:.1f} p99 {:.1f} ms'.format(k['p50_ms'], k['p99_ms']):>26}"
+                f"{row['workload']:<16}{'p50 {:.1f} p99 {:.1f} ms'.format(e['p50_ms'], e['p99_ms']):>44}"
+                f"{'p50 {:.1f} p99 {:.1f} ms'.format(k['p50_ms'], k['p99_ms']):>44}"
             )
             check = {
-                s: "{}/{} ev, {} dup, {} late".format(
-                    row[s]["delivered"], row[s]["expected"], row[s]["duplicates"], row[s]["out_of_order"]
+                s: "{}/{} ev, {} dup, {} late, {} foreign".format(
+                    row[s]["delivered"],
+                    row[s]["expected"],
+                    row[s]["duplicates"],
+                    row[s]["out_of_order"],
+                    row[s]["foreign"],
                 )
                 for s in ("etcd", "kvdisco")
             }
-            print(f"{'  delivered':<16}{check['etcd']:>26}{check['kvdisco']:>26}")
+            print(f"{'  delivered':<16}{check['etcd']:>44}{check['kvdisco']:>44}")
             srv = row.get("kvdisco_server_side")
             if srv:
                 print(
-                    f"{'  server side':<16}{'':>26}"
-                    f"{'p50 <={:.1f} p99 <={:.1f} ms'.format(srv['p50_le_ms'], srv['p99_le_ms']):>26}"
+                    f"{'  server side':<16}{'':>44}"
+                    f"{'p50 <={:.1f} p99 <={:.1f} ms'.format(srv['p50_le_ms'], srv['p99_le_ms']):>44}"
                 )
             continue
         name = f"{row['workload']} c{row['connections']}"
         cell = {s: f"{row[s]['rps']:.0f}/s p50 {row[s].get('p50_ms', 0.0):.2f} ms" for s in ("etcd", "kvdisco")}
-        print(f"{name:<16}{cell['etcd']:>26}{cell['kvdisco']:>26}{row['ratio_rps']:>8.2f}")
+        print(f"{name:<16}{cell['etcd']:>44}{cell['kvdisco']:>44}{row['ratio_rps']:>8.2f}")
+
+
+def _shapes(text: str) -> list[int]:
+    """``--watchers-per-stream``: a comma-separated list of positive integers."""
+    try:
+        shapes = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not shapes or min(shapes) < 1:
+        raise argparse.ArgumentTypeError(f"watchers per stream must be at least 1, got {text!r}")
+    return shapes
 
 
 def main() -> None:
@@ -326,6 +370,15 @@ def main() -> None:
     p.add_argument("--watch-puts", type=int, default=100)
     p.add_argument("--watch-rate", type=float, default=20.0, help="puts per second during the watch test")
     p.add_argument("--watch-clients", type=int, default=2, help="processes reading the watch streams")
+    p.add_argument(
+        "--watchers-per-stream",
+        type=_shapes,
+        default=[1],
+        metavar="M[,M...]",
+        help="watch shapes to run, one after the other: M watchers multiplexed on each watch stream "
+        "(--watchers / M streams, each sending M create requests), as etcd clients multiplex their "
+        "watches; 1 gives every watcher its own connection. E.g. 1,50 runs both (default: 1)",
+    )
     p.add_argument("--dir", default=None, help="keep data and logs here")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")

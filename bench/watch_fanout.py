@@ -1,10 +1,19 @@
 """Watch fan-out load: many watch streams on one prefix, read by several client processes.
 
-``run()`` opens ``watchers`` streaming watches (``POST /v3/watch``) on one prefix, each on its
-own connection, spread round-robin over a cluster's members and over ``clients`` worker
-processes; then it sends ``puts`` puts of keys under the prefix to the leader at a steady rate and
-measures, for each delivered event, the time from sending its put to the event reaching the
-watcher's socket.
+``run()`` opens ``watchers`` streaming watches (``POST /v3/watch``) on one prefix, spread
+round-robin over a cluster's members and over ``clients`` worker processes; then it sends
+``puts`` puts of keys under the prefix to the leader at a steady rate and measures, for each
+delivered event, the time from sending its put to the event reaching the watcher's socket.
+
+With ``per_stream`` = 1 each watcher has its own connection. With M > 1 the watchers are
+multiplexed M to a stream, as etcd's clientv3 does with all the watches of a client and as
+etcd's ``benchmark watch-latency`` does (N streams x M watchers): one request body holds the M
+create requests back to back, and the results of all M come back on one response stream, told
+apart by their watch ids. etcd 3.4's gateway now and then answers only some of the creates of
+such a body (no created result and no error for the others; it did not answer a chunked body
+that stays open at all), so a stream still short of created results after
+:data:`CREATE_RETRY_S` is opened again before any put is sent, and counted in
+``reopened_streams``.
 
 The client must not be what is measured:
 
@@ -20,7 +29,8 @@ The client must not be what is measured:
 * Each worker reports its CPU time.
 
 Every watcher must receive every put exactly once and in order: the result counts the events
-delivered, duplicates, out-of-order and foreign events, and the watchers that got them all.
+delivered, duplicates, out-of-order and foreign events (a foreign event is a key not put by this
+run, or a result whose watch id no created result named), and the watchers that got them all.
 etcd and kvdisco are driven by the same code.
 
 Run as a worker by ``run()`` itself: ``python watch_fanout.py --worker SPEC_JSON``.
@@ -50,6 +60,9 @@ __all__ = ["run"]
 #: How long the watchers have to be created, and to receive every event after the last put.
 READY_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 30.0
+#: How long a stream may take to answer all its creates before it is opened again, and how often.
+CREATE_RETRY_S = 5.0
+CREATE_RETRIES_MAX = 3
 #: A worker's result is one JSON line (two times per watcher and put: about 4 MB at 1,000 x 100).
 RESULT_BYTES_MAX = 1 << 28
 #: A worker's sleep between sweeps over its sockets, once the watches are created.
@@ -80,14 +93,54 @@ def _key(prefix: bytes, n: int) -> bytes:
 # --- worker ----------------------------------------------------------------------------------
 
 
-class _WatchStream:
-    """One watch connection: HTTP/1.1 response, chunked or not, newline-delimited JSON results."""
+class _Watch:
+    """One watcher's deliveries: per put, the kernel's arrival time and the read time of its event."""
 
-    def __init__(self, sock: socket.socket, index: dict[str, int], puts: int) -> None:
+    def __init__(self, puts: int) -> None:
+        self.arrived = [math.nan] * puts
+        self.read = [math.nan] * puts
+        self.created = False
+        self.got = 0
+        self.last = -1
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.foreign = 0
+
+    def event(self, i: int | None, arrived: float, now: float) -> None:
+        if i is None:
+            self.foreign += 1
+        elif not math.isnan(self.arrived[i]):
+            self.duplicates += 1
+        else:
+            if i < self.last:
+                self.out_of_order += 1
+            self.last = i
+            self.arrived[i] = arrived
+            self.read[i] = now
+            self.got += 1
+
+
+class _WatchStream:
+    """One watch connection carrying ``len(watches)`` watchers: HTTP/1.1 response, chunked or not,
+    newline-delimited JSON results.
+
+    The request body holds one create request per watcher, back to back. The server answers the
+    creates in order, each with a ``created`` result that names the watch id it chose (etcd and
+    kvdisco number them per stream; the gateway leaves out a zero id), so the n-th created result
+    binds its id to the n-th watcher; later results go to the watcher of their ``watch_id``.
+    """
+
+    def __init__(self, sock: socket.socket, index: dict[str, int], puts: int, watchers: int) -> None:
         self.sock = sock
+        self.opened = time.monotonic()
+        #: How many streams before this one were opened for the same watchers.
+        self.reopened = 0
         #: base64 key -> put index.
         self.index = index
         self.puts = puts
+        self.watches = [_Watch(puts) for _ in range(watchers)]
+        #: watch id -> watcher, filled from the created results in order.
+        self.by_id: dict[int, _Watch] = {}
         self.raw = bytearray()
         self.body = bytearray()
         self.headers_done = False
@@ -95,22 +148,20 @@ class _WatchStream:
         #: Chunk bytes still to read, then the CRLF after the chunk to skip.
         self.chunk_left = 0
         self.skip = 0
-        self.created = False
         self.closed = False
         self.error = ""
-        #: Per put: the kernel's arrival time and the read time of its event (NaN until it comes).
-        self.arrived = [math.nan] * puts
-        self.read = [math.nan] * puts
-        self.got = 0
-        self.last = -1
-        self.duplicates = 0
-        self.out_of_order = 0
-        self.foreign = 0
+        #: Results for a watch id no created result named.
+        self.unknown_ids = 0
         self.stamped = 0
+        self.url = ""
+
+    @property
+    def created(self) -> bool:
+        return len(self.by_id) == len(self.watches)
 
     @property
     def complete(self) -> bool:
-        return self.got >= self.puts
+        return all(w.got >= self.puts for w in self.watches)
 
     def close(self, error: str = "") -> None:
         if not self.closed:
@@ -196,23 +247,26 @@ class _WatchStream:
         if result is None:
             self.error = self.error or line[:200].decode("utf-8", "replace")
             return
-        if result.get("created"):
-            self.created = True
+        wid = int(result.get("watch_id", 0))
         if result.get("canceled"):
-            self.error = self.error or f"watch canceled: {result.get('cancel_reason', '')}"
-        for ev in result.get("events", ()):
-            i = self.index.get(ev["kv"]["key"])
-            if i is None:
-                self.foreign += 1
-            elif not math.isnan(self.arrived[i]):
-                self.duplicates += 1
-            else:
-                if i < self.last:
-                    self.out_of_order += 1
-                self.last = i
-                self.arrived[i] = arrived
-                self.read[i] = now
-                self.got += 1
+            self.error = self.error or f"watch {wid} canceled: {result.get('cancel_reason', '')}"
+        if result.get("created"):
+            if wid in self.by_id or self.created:
+                self.error = self.error or f"watch id {wid} created twice"
+                return
+            w = self.watches[len(self.by_id)]
+            w.created = True
+            self.by_id[wid] = w
+        events = result.get("events", ())
+        if not events:
+            return
+        w = self.by_id.get(wid)
+        if w is None:
+            self.unknown_ids += 1
+            return
+        index = self.index
+        for ev in events:
+            w.event(index.get(ev["kv"]["key"]), arrived, now)
 
 
 def _open(url: str, body: bytes) -> socket.socket:
@@ -250,21 +304,31 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     prefix = base64.b64decode(spec["prefix"])
     puts = int(spec["puts"])
     index = {_b64(_key(prefix, n)): n for n in range(puts)}
-    body = orjson.dumps({"create_request": {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}})
+    create = orjson.dumps({"create_request": {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}})
     errors: list[str] = []
     streams: dict[int, _WatchStream] = {}
-    urls: list[str] = []
+    missing = reopened = 0
     poller = select.epoll()
-    for url in spec["urls"]:
+
+    def open_stream(url: str, watchers: int) -> _WatchStream | None:
         try:
-            sock = _open(url, body)
+            sock = _open(url, b"\n".join([create] * watchers))
         except OSError as exc:
             errors.append(f"connect {url}: {exc}")
-            continue
-        streams[sock.fileno()] = _WatchStream(sock, index, puts)
-        urls.append(url)
+            return None
+        stream = _WatchStream(sock, index, puts, watchers)
+        stream.url = url
+        streams[sock.fileno()] = stream
         poller.register(sock.fileno(), select.EPOLLIN)
-    every = list(streams.values())
+        return stream
+
+    every: list[_WatchStream] = []
+    for url, watchers in spec["streams"]:
+        stream = open_stream(url, watchers)
+        if stream is None:
+            missing += watchers
+        else:
+            every.append(stream)
 
     def sweep(timeout_s: float) -> bool:
         """Read once from each readable socket; False when the parent said stop."""
@@ -281,7 +345,26 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline and not all(s.created or s.closed or s.error for s in every):
         sweep(0.1)
-    sys.stdout.write(f"ready {sum(s.created for s in every)}\n")
+        # A stream still short of created results after a while is opened again (events only
+        # start once every worker is ready, so a new stream misses nothing).
+        for i, s in enumerate(every):
+            if s.created or s.closed or s.error or time.monotonic() - s.opened < CREATE_RETRY_S:
+                continue
+            if s.reopened >= CREATE_RETRIES_MAX:
+                s.error = f"{len(s.by_id)} of {len(s.watches)} watchers created, {s.reopened} times"
+                continue
+            poller.unregister(s.sock.fileno())
+            del streams[s.sock.fileno()]
+            s.close()
+            again = open_stream(s.url, len(s.watches))
+            if again is not None:
+                again.reopened = s.reopened + 1
+                every[i] = again
+                reopened += 1
+    for s in every:
+        if not (s.created or s.error):
+            s.error = f"{len(s.by_id)} of {len(s.watches)} watchers created in {READY_TIMEOUT_S:.0f} s"
+    sys.stdout.write(f"ready {sum(w.created for s in every for w in s.watches)}\n")
     sys.stdout.flush()
 
     stdin_fd = sys.stdin.fileno()
@@ -301,16 +384,18 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     def times(values: list[float]) -> list[float | None]:
         return [None if math.isnan(t) else t for t in values]
 
+    watches = [(s, w) for s in every for w in s.watches]
     return {
-        "urls": urls,
-        "arrived": [times(s.arrived) for s in every],
-        "read": [times(s.read) for s in every],
-        "created": sum(s.created for s in every),
-        "missing_watchers": len(spec["urls"]) - len(every),
-        "duplicates": sum(s.duplicates for s in every),
-        "out_of_order": sum(s.out_of_order for s in every),
-        "foreign": sum(s.foreign for s in every),
-        "unstamped_reads": 0 if all(s.stamped for s in every if s.got) else 1,
+        "urls": [s.url for s, _ in watches],
+        "arrived": [times(w.arrived) for _, w in watches],
+        "read": [times(w.read) for _, w in watches],
+        "created": sum(w.created for _, w in watches),
+        "missing_watchers": missing,
+        "reopened_streams": reopened,
+        "duplicates": sum(w.duplicates for _, w in watches),
+        "out_of_order": sum(w.out_of_order for _, w in watches),
+        "foreign": sum(w.foreign for _, w in watches) + sum(s.unknown_ids for s in every),
+        "unstamped_reads": 0 if all(s.stamped for s in every if any(w.got for w in s.watches)) else 1,
         "errors": (errors + sorted({s.error for s in every if s.error}))[:5],
         "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
     }
@@ -333,16 +418,36 @@ async def _put(session: aiohttp.ClientSession, url: str, key: bytes) -> None:
             raise RuntimeError(f"put {key!r}: HTTP {r.status}")
 
 
+def stream_shape(watchers: int, per_stream: int) -> list[int]:
+    """How many watchers each stream carries: ``per_stream`` each, the last one the rest."""
+    if watchers < 1 or per_stream < 1:
+        raise ValueError("watchers and watchers per stream must be at least 1")
+    full, rest = divmod(watchers, per_stream)
+    return [per_stream] * full + ([rest] if rest else [])
+
+
 async def run(
-    client_urls: list[str], leader: str, watchers: int, puts: int, rate: float, clients: int = 2
+    client_urls: list[str],
+    leader: str,
+    watchers: int,
+    puts: int,
+    rate: float,
+    clients: int = 2,
+    per_stream: int = 1,
 ) -> dict[str, Any]:
-    """The fan-out test against one cluster; latencies in ms, counts, and the client's own load."""
+    """The fan-out test against one cluster; latencies in ms, counts, and the client's own load.
+
+    The ``watchers`` are carried by streams of ``per_stream`` watchers each (the last may have
+    fewer), as an etcd client multiplexes its watches on one stream; streams are spread
+    round-robin over the members and the worker processes.
+    """
     prefix = f"fan-{time.monotonic_ns()}/".encode()
-    clients = max(1, min(clients, watchers))
-    urls = [client_urls[i % len(client_urls)] for i in range(watchers)]
+    shape = stream_shape(watchers, per_stream)
+    streams = [[client_urls[i % len(client_urls)], n] for i, n in enumerate(shape)]
+    clients = max(1, min(clients, len(streams)))
     procs = []
     for c in range(clients):
-        spec = {"prefix": _b64(prefix), "puts": puts, "urls": urls[c::clients]}
+        spec = {"prefix": _b64(prefix), "puts": puts, "streams": streams[c::clients]}
         procs.append(
             await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -398,6 +503,9 @@ async def run(
             by_member[url].extend(t - sent[i] for i, t in enumerate(got) if t is not None)
     complete = sum(all(t is not None for t in got) for r in results for got in r["arrived"])
     return {
+        "watchers": watchers,
+        "streams": len(streams),
+        "watchers_per_stream": per_stream,
         "watchers_ready": ready,
         "delivered": len(arrived),
         "expected": watchers * puts,
@@ -406,6 +514,7 @@ async def run(
         "out_of_order": sum(r["out_of_order"] for r in results),
         "foreign": sum(r["foreign"] for r in results),
         "missing_watchers": sum(r["missing_watchers"] for r in results),
+        "reopened_streams": sum(r["reopened_streams"] for r in results),
         "errors": sorted({e for r in results for e in r["errors"]})[:5],
         "kernel_timestamps": not any(r["unstamped_reads"] for r in results),
         "p50_ms": _ms(arrived, 0.50),
@@ -429,6 +538,14 @@ def main() -> None:
     p.add_argument("--puts", type=int, default=100)
     p.add_argument("--rate", type=float, default=20.0)
     p.add_argument("--clients", type=int, default=2)
+    p.add_argument(
+        "--watchers-per-stream",
+        type=int,
+        default=1,
+        metavar="M",
+        help="watchers multiplexed on one watch stream (M create requests on one POST /v3/watch), as etcd "
+        "clients do; 1 gives every watcher its own connection",
+    )
     args = p.parse_args()
     if args.worker:
         _worker_main(args.worker)
@@ -436,7 +553,8 @@ def main() -> None:
     if not args.urls:
         p.error("--urls is required")
     urls = args.urls.split(",")
-    print(orjson.dumps(uvloop.run(run(urls, urls[0], args.watchers, args.puts, args.rate, args.clients))).decode())
+    result = uvloop.run(run(urls, urls[0], args.watchers, args.puts, args.rate, args.clients, args.watchers_per_stream))
+    print(orjson.dumps(result).decode())
 
 
 if __name__ == "__main__":

@@ -12,20 +12,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from kvdisco.api import v3
 from kvdisco.api.backend import Backend, RequestFailed
 from kvdisco.api.members import add_member, member_list, promote_member, remove_member
 from kvdisco.api.openapi import OPENAPI
+from kvdisco.api.watch_flush import (
+    LINE_CACHE_BYTES_MAX,
+    LINE_CACHE_ENTRIES_MAX,
+    WATCH_FLUSHER_KEY,
+    WatchStream,
+    install,
+)
 from kvdisco.mvcc.errors import MvccError
 from kvdisco.mvcc.kvstore import Event, EventType, KeyValue, RequestDeleteRange, RequestPut, RequestRange
+from kvdisco.mvcc.watch import Watcher, WatchResponse
 from kvdisco.raft import NotLeader
 
 __all__ = ["add_routes"]
@@ -34,6 +43,9 @@ _CODE_INVALID_ARGUMENT = 3
 _CODE_NOT_FOUND = 5
 
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}", re.ASCII)
+
+#: How often a watch stream that has nothing to send checks that its client is still connected.
+WATCH_POLL_S = 1.0
 
 _TRUE = ("1", "true", "yes")
 _FALSE = ("", "0", "false", "no")
@@ -184,8 +196,66 @@ async def delete_kv(request: web.Request, b: Backend) -> web.StreamResponse:
     return _json(body)
 
 
+class _WatchLines:
+    """/v1 watch lines. A live response's line is built once for all the /v1 watchers of a member
+    that get the same events tuple (the hub shares one per group and options, and a /v1 line has
+    no watch id), not once per watcher. Entries hold their events tuple, so an id is never reused
+    while cached."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[tuple[Event, ...], int, bytes]] = {}
+        self._cache_bytes = 0
+
+    def line(self, wr: WatchResponse) -> bytes:
+        live = bool(wr.made_at and wr.events)
+        if live:
+            hit = self._cache.get(id(wr.events))
+            if hit is not None and hit[0] is wr.events and hit[1] == wr.revision:
+                return hit[2]
+        out: dict[str, Any] = {"revision": wr.revision}
+        if wr.events:
+            out["events"] = [event_json(ev) for ev in wr.events]
+        if wr.canceled:
+            out.update(canceled=True, reason=wr.cancel_reason)
+            if wr.compact_revision:
+                out["compact_revision"] = wr.compact_revision
+        line = orjson.dumps(out) + b"\n"
+        if live:
+            if len(self._cache) >= LINE_CACHE_ENTRIES_MAX or self._cache_bytes > LINE_CACHE_BYTES_MAX:
+                self._cache.clear()
+                self._cache_bytes = 0
+            self._cache[id(wr.events)] = (wr.events, wr.revision, line)
+            self._cache_bytes += len(line)
+        return line
+
+
+_WATCH_LINES_KEY = web.AppKey("v1_watch_lines", _WatchLines)
+
+
+class _WatchStream(WatchStream):
+    """One GET /v1/watch: a single watcher on the member's shared flusher (no task per watcher);
+    the stream ends after the watcher's last response (a compaction cancel) or its removal."""
+
+    route = "v1"
+
+    def __init__(self, request: web.Request, resp: web.StreamResponse, writer: AbstractStreamWriter) -> None:
+        app = request.app
+        super().__init__(request, resp, writer, app[WATCH_FLUSHER_KEY], app[v3.WATCH_DELIVERY_KEY])
+        self._line = app[_WATCH_LINES_KEY].line
+        self.ended = asyncio.Event()
+
+    def encode(self, wid: int, watcher: Watcher, wr: WatchResponse) -> bytes:
+        return self._line(wr)
+
+    def watcher_ended(self, wid: int) -> None:
+        self.ended.set()
+
+
 async def watch_kv(request: web.Request, b: Backend) -> web.StreamResponse:
-    """NDJSON: a ``created`` line, then one line per revision's events, progress lines, or a cancel."""
+    """NDJSON: a ``created`` line, then one line per revision's events, progress lines, or a cancel.
+
+    A client that stops reading holds no one back: its watcher's bounded queue sends it to
+    history, and it resumes from there, without gap, once the client reads again."""
     key = _key(request)
     filters = frozenset(f for f, off in (("NOPUT", "puts"), ("NODELETE", "deletes")) if not _flag_default(request, off))
     watcher = b.hub.watch(
@@ -196,27 +266,23 @@ async def watch_kv(request: web.Request, b: Backend) -> web.StreamResponse:
         filters=filters,
         progress_notify=True,
     )
-    delivery = request.app[v3.WATCH_DELIVERY_KEY]
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    stream: _WatchStream | None = None
     try:
-        await resp.prepare(request)
-        await resp.write(orjson.dumps({"created": True, "revision": b.revision}) + b"\n")
-        async for wr in watcher:
-            line: dict[str, Any] = {"revision": wr.revision}
-            if wr.events:
-                line["events"] = [event_json(ev) for ev in wr.events]
-            if wr.canceled:
-                line.update(canceled=True, reason=wr.cancel_reason)
-                if wr.compact_revision:
-                    line["compact_revision"] = wr.compact_revision
-            await resp.write(orjson.dumps(line) + b"\n")
-            if wr.made_at:
-                delivery.observe("v1", time.perf_counter() - wr.made_at)
-            if wr.canceled:
-                break
+        writer = await resp.prepare(request)
+        if writer is None:  # only after write_eof, which nothing here has called
+            raise RuntimeError("watch response prepared after its end")
+        stream = _WatchStream(request, resp, writer)
+        stream.send(orjson.dumps({"created": True, "revision": b.revision}) + b"\n")
+        stream.add(0, watcher)
+        while not stream.ended.is_set() and not stream.connection_lost():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stream.ended.wait(), WATCH_POLL_S)
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
+        if stream is not None:
+            stream.close()
         watcher.cancel()
     return resp
 
@@ -304,6 +370,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    install(app)
+    app[_WATCH_LINES_KEY] = _WatchLines()
     r = app.router
     r.add_get("/v1/openapi.json", openapi)
     # [\s\S]: a key may hold any byte, newlines included (`.` would not match them).

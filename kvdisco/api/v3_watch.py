@@ -6,27 +6,33 @@ one response stream carries every watcher's results, newline-delimited, as grpc-
 A write seen by N watchers costs N socket writes and little else: the hub hands the watchers of
 a range one shared events tuple and tells each stream through a listener (no task per watcher);
 :class:`ResponseEncoder` builds the line once and splices in each watch id; the member's
-:class:`_Flusher` writes every ready stream straight to its transport in one callback, in slices
-of :data:`FLUSH_SLICE_S`. A stream whose client stops reading takes nothing more from its
-watchers until the transport drains, so their bounded queues send them to history instead.
+:class:`~kvdisco.api.watch_flush.Flusher` (shared with /v1's watch) writes every ready stream
+straight to its transport in one callback, in slices of 1 ms. A stream whose client stops reading
+takes nothing more from its watchers until the transport drains, so their bounded queues send
+them to history instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
-import functools
 import json
-import time
 from typing import Any
 
 import aiohttp
-from aiohttp import hdrs, web
+from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from kvdisco.api import v3_codec as codec
 from kvdisco.api.backend import Backend
 from kvdisco.api.v3 import BACKEND_KEY, WATCH_DELIVERY_KEY, error_response, response_header
+from kvdisco.api.watch_flush import (
+    LINE_CACHE_BYTES_MAX,
+    LINE_CACHE_ENTRIES_MAX,
+    WATCH_FLUSHER_KEY,
+    WatchStream,
+    install,
+)
 from kvdisco.mvcc.errors import MvccError
 from kvdisco.mvcc.kvstore import Event
 from kvdisco.mvcc.limits import REQUEST_BYTES_MAX
@@ -103,21 +109,6 @@ class _JsonStream:
             parse = "}" in piece or "]" in piece
 
 
-#: Bytes one stream writes in one go before the others get their turn: bounds how long one
-#: stream's flush holds the event loop, and how far one write can overshoot the transport's
-#: high-water mark.
-FLUSH_BYTES_MAX = 256 << 10
-
-#: How long one flush callback may write before the event loop gets a turn.
-FLUSH_SLICE_S = 0.001
-
-#: Encoded live responses kept for the other watchers of the same write, by count and by bytes.
-#: A write is usually encoded and sent to all its watchers in one event-loop iteration, so a
-#: few entries suffice; the bytes bound keeps a burst of large revisions from pinning memory.
-LINE_CACHE_ENTRIES_MAX = 256
-LINE_CACHE_BYTES_MAX = 8 << 20
-
-
 class ResponseEncoder:
     """The bytes of watch responses. A live response is encoded once for all the watchers of a
     member that get the same events tuple (the hub shares one per group and options), with only
@@ -169,61 +160,17 @@ class ResponseEncoder:
         return codec.dumps(result) + b"\n"
 
 
-class _Flusher:
-    """Writes the watch streams of a member that have something to send: one event-loop callback
-    per slice of writes for all of them, instead of a task wake-up per watcher per write.
-
-    A slice lasts at most :data:`FLUSH_SLICE_S`, then the rest waits for the next turn of the
-    loop: a fan-out to a thousand watchers takes milliseconds, and the Raft loop's next step
-    (sending the new commit index to the followers, whose own watchers wait for it) and the
-    callers' answers must not wait for all of it.
-    """
-
-    def __init__(self) -> None:
-        #: Streams to flush, in the order they were marked (a dict as an ordered set).
-        self._dirty: dict[_WatchStream, None] = {}
-        self._handle: asyncio.Handle | None = None
-
-    def mark(self, stream: _WatchStream) -> None:
-        self._dirty[stream] = None
-        if self._handle is None:
-            self._handle = asyncio.get_running_loop().call_soon(self._run)
-
-    def _run(self) -> None:
-        self._handle = None
-        batch = list(self._dirty)
-        self._dirty.clear()
-        again: list[_WatchStream] = []
-        done = 0
-        deadline = time.perf_counter() + FLUSH_SLICE_S
-        try:
-            for stream in batch:
-                done += 1
-                if stream.flush():
-                    again.append(stream)  # more to send: its turn comes again after the others'
-                if time.perf_counter() >= deadline:
-                    break
-        finally:
-            rest = batch[done:] + again
-            if rest:
-                self._dirty = {**dict.fromkeys(rest), **self._dirty}
-                if self._handle is None:
-                    self._handle = asyncio.get_running_loop().call_soon(self._run)
-
-
-class _WatchStream:
+class _WatchStream(WatchStream):
     """One POST /v3/watch: any number of watchers multiplexed on one response stream.
 
-    Nothing here waits per watcher. The hub calls each watcher's listener when it has something;
-    the member's :class:`_Flusher` then calls :meth:`flush`, which takes the ready responses of
-    all the stream's watchers, in each watcher's order, and writes them to the socket in one
-    chunk, synchronously. While the client does not read (the transport's buffer is above its
-    high-water mark) nothing is taken from the watchers: their bounded queues fill and the hub
-    sends them to history, so memory stays bounded; one task awaits the drain and flushes again.
-    Other streams are never held back. Control lines (created, canceled, progress, errors) are
-    written before any watcher's responses taken after them; the request reader waits for the
-    drain after each request, so a client that sends requests without reading gets no more.
+    Writing is :class:`WatchStream`'s (the member's flusher, no task per watcher). Here: the
+    requests (create, cancel, progress) and the lines. A watcher canceled by the hub
+    (compaction) stays in :attr:`watchers`, its id taken, as before a client cancel. The request
+    reader waits for the drain after each request, so a client that sends requests without
+    reading gets no more.
     """
+
+    route = "v3"
 
     def __init__(
         self,
@@ -232,34 +179,18 @@ class _WatchStream:
         resp: web.StreamResponse,
         writer: AbstractStreamWriter,
     ) -> None:
-        self.request = request
+        app = request.app
+        super().__init__(request, resp, writer, app[WATCH_FLUSHER_KEY], app[WATCH_DELIVERY_KEY])
         self.b = b
-        self._writer = writer
-        self._protocol = request.protocol
-        self._chunked = resp.headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
         self._next_id = 0
-        #: Stream-local watch id -> (hub watcher, whether it asked for previous values). A watcher
-        #: canceled by the hub (compaction) stays here, its id taken, as before a client cancel.
-        self._watchers: dict[int, tuple[Watcher, bool]] = {}
-        #: Watch ids that may have responses to take, in the order they were signalled.
-        self._ready: dict[int, None] = {}
-        #: Encoded control lines not yet written.
-        self._out: list[bytes] = []
-        self._drainer: asyncio.Task[None] | None = None
-        self._closed = False
-        self.delivery = request.app[WATCH_DELIVERY_KEY]
-        self._encoder = request.app[WATCH_ENCODER_KEY]
-        self._flusher = request.app[WATCH_FLUSHER_KEY]
+        self._line = app[WATCH_ENCODER_KEY].line
 
-    def send(self, result: dict[str, Any]) -> None:
+    def encode(self, wid: int, watcher: Watcher, wr: WatchResponse) -> bytes:
+        return self._line(wid, wr, watcher.prev_kv)
+
+    def send_result(self, result: dict[str, Any]) -> None:
         """Queue one control line; it is written at the next flush, before later responses."""
-        self._out.append(ResponseEncoder.result_line(result))
-        self._flusher.mark(self)
-
-    def _mark(self, wid: int) -> None:
-        """A watcher's listener: it may have something to send."""
-        self._ready[wid] = None
-        self._flusher.mark(self)
+        self.send(ResponseEncoder.result_line(result))
 
     async def handle(self, msg: Any) -> None:
         req = codec.parse_watch_request(msg)
@@ -271,15 +202,10 @@ class _WatchStream:
             self._progress()
         await self.wait_writable()
 
-    async def wait_writable(self) -> None:
-        """Wait while the client does not read what was written."""
-        if self._protocol.writing_paused:
-            await self._writer.drain()
-
     def _create(self, req: codec.WatchCreate) -> None:
         wid = req.watch_id if req.watch_id else self._next_id
-        if wid in self._watchers:
-            self.send(
+        if wid in self.watchers:
+            self.send_result(
                 codec.watch_response(
                     response_header(self.b),
                     wid,
@@ -302,16 +228,14 @@ class _WatchStream:
             )
         except MvccError as exc:
             # etcd answers a watch it cannot create (e.g. an empty range) with a created+canceled result.
-            self.send(
+            self.send_result(
                 codec.watch_response(
                     response_header(self.b), -1, (), created=True, canceled=True, cancel_reason=exc.message
                 )
             )
             return
-        self.send(codec.watch_response(response_header(self.b), wid, (), created=True))
-        self._watchers[wid] = (watcher, req.prev_kv)
-        watcher.set_listener(functools.partial(self._mark, wid))
-        self._mark(wid)  # a watcher from history has something to read before anything is signalled
+        self.send_result(codec.watch_response(response_header(self.b), wid, (), created=True))
+        self.add(wid, watcher)
 
     def _progress(self) -> None:
         """A client's progress request. When nothing is pending on any of this stream's watchers, one
@@ -319,108 +243,16 @@ class _WatchStream:
         otherwise each synced watcher gets a progress result in its own order. (Responses taken from
         a watcher are written at once, so a watcher's queue is all that can be pending.)"""
         hub = self.b.hub
-        idle = all(w.synced and w.next_revision > hub.notified_revision for w, _ in self._watchers.values())
+        idle = all(w.synced and w.next_revision > hub.notified_revision for w in self.watchers.values())
         if idle:
-            self.send(codec.watch_response(response_header(self.b, hub.notified_revision), -1, ()))
+            self.send_result(codec.watch_response(response_header(self.b, hub.notified_revision), -1, ()))
         else:
-            hub.progress([w.id for w, _ in self._watchers.values()])
+            hub.progress([w.id for w in self.watchers.values()])
 
     def _cancel(self, wid: int) -> None:
-        entry = self._watchers.pop(wid, None)
-        if entry is None:
+        if self.remove(wid) is None:  # drops what it had queued: nothing of it is written after the cancel
             return
-        watcher = entry[0]
-        watcher.set_listener(None)
-        watcher.cancel()  # drops what it had queued: nothing of it is written after the cancel
-        self._ready.pop(wid, None)
-        self.send(codec.watch_response(response_header(self.b), wid, (), canceled=True))
-
-    def flush(self) -> bool:
-        """Write the control lines, then what the ready watchers have, in one chunk, without waiting.
-
-        True when a watcher has more to send (over :data:`FLUSH_BYTES_MAX`, or catching up from
-        history) and the stream should be flushed again once others have had their turn.
-        """
-        protocol = self._protocol
-        transport = protocol.transport
-        if self._closed or transport is None or transport.is_closing():
-            self._out.clear()
-            return False
-        parts, self._out = self._out, []
-        size = sum(map(len, parts)) if parts else 0
-        made: list[float] = []
-        more = False
-        paused = self._drainer is not None or protocol.writing_paused
-        if not paused and self._ready:
-            ready, watchers, encode = self._ready, self._watchers, self._encoder.line
-            for wid in list(ready):
-                entry = watchers.get(wid)
-                if entry is None:
-                    del ready[wid]
-                    continue
-                watcher, prev_kv = entry
-                while size < FLUSH_BYTES_MAX:
-                    wr = watcher.poll()
-                    if wr is None:
-                        if watcher.catching_up:
-                            more = True  # a history step found nothing to send: read on next turn
-                        else:
-                            del ready[wid]
-                        break
-                    line = encode(wid, wr, prev_kv)
-                    parts.append(line)
-                    size += len(line)
-                    if wr.made_at:
-                        made.append(wr.made_at)
-                    if wr.canceled:  # the watcher's last response (compaction)
-                        watcher.set_listener(None)
-                        del ready[wid]
-                        break
-                else:
-                    more = True
-                    break
-        if parts:
-            if self._chunked:
-                parts.insert(0, b"%x\r\n" % size)
-                parts.append(b"\r\n")
-            transport.write(b"".join(parts))
-            if made:
-                now = time.perf_counter()
-                observe = self.delivery.observe
-                for t in made:
-                    observe("v3", now - t)
-        if self._ready and self._drainer is None and protocol.writing_paused:
-            self._drainer = asyncio.ensure_future(self._drain())  # the only way back once paused
-            return False
-        return more and not paused
-
-    async def _drain(self) -> None:
-        """The client stopped reading: wait until it has read enough, then send what is ready."""
-        try:
-            await self._writer.drain()
-        except ConnectionError:
-            return  # the request loop sees the connection is gone and closes the stream
-        finally:
-            self._drainer = None
-        if self._ready:
-            self._flusher.mark(self)
-
-    def connection_lost(self) -> bool:
-        transport = self.request.transport
-        return transport is None or transport.is_closing()
-
-    def close(self) -> None:
-        """Cancel every watcher and write the control lines still queued (e.g. an error)."""
-        for watcher, _ in self._watchers.values():
-            watcher.set_listener(None)
-            watcher.cancel()
-        self._watchers.clear()
-        self._ready.clear()
-        if self._out:
-            self.flush()
-        self._closed = True
-        if self._drainer is not None:
-            self._drainer.cancel()
+        self.send_result(codec.watch_response(response_header(self.b), wid, (), canceled=True))
 
 
 async def watch(request: web.Request) -> web.StreamResponse:
@@ -452,7 +284,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
                 await stream.handle(msg)
                 reader = asyncio.ensure_future(messages.next())
     except codec.BadRequest as exc:
-        stream.send({"error": {"grpc_code": exc.code, "http_code": 400, "message": exc.message}})
+        stream.send_result({"error": {"grpc_code": exc.code, "http_code": 400, "message": exc.message}})
     except ConnectionError:
         pass
     finally:
@@ -464,11 +296,10 @@ async def watch(request: web.Request) -> web.StreamResponse:
 
 EVENT_JSON_KEY = web.AppKey("event_json", EventJsonCache)
 WATCH_ENCODER_KEY = web.AppKey("watch_encoder", ResponseEncoder)
-WATCH_FLUSHER_KEY = web.AppKey("watch_flusher", _Flusher)
 
 
 def add_routes(app: web.Application) -> None:
     app[EVENT_JSON_KEY] = EventJsonCache()
     app[WATCH_ENCODER_KEY] = ResponseEncoder(app[BACKEND_KEY], app[EVENT_JSON_KEY])
-    app[WATCH_FLUSHER_KEY] = _Flusher()
+    install(app)
     app.router.add_post("/v3/watch", watch)

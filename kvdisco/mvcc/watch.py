@@ -293,14 +293,17 @@ class Watcher:
         """The next response if one is ready now, else None. An unsynced watcher reads one step
         of history here: None then means "poll again" while :attr:`catching_up` holds (a step
         of only filtered-out events queues nothing)."""
-        if not self._queue and self.catching_up:
+        queue = self._queue
+        if not queue:
+            if self._synced or self._done:  # not catching up: nothing to read
+                return None
             self._hub._catch_up(self)
-        if self._queue:
-            item = self._queue.popleft()
-            self._queued_events -= item.events
-            self._queued_bytes -= item.nbytes
-            return item.resp
-        return None
+            if not queue:
+                return None
+        item = queue.popleft()
+        self._queued_events -= item.events
+        self._queued_bytes -= item.nbytes
+        return item.resp
 
     async def next(self) -> WatchResponse | None:
         """The next response, waiting for one; None once the watcher has ended."""
@@ -322,8 +325,9 @@ class Watcher:
         :meth:`poll` on its own schedule instead of a task waiting in :meth:`next`.
 
         A watch stream serving many watchers thus needs no task (and no task wake-up) per watcher
-        per write. The listener is called from inside the hub (:meth:`WatchHub.notify`,
-        :meth:`poll` itself): it must be cheap and must not call back into the hub.
+        per write; while a listener is set, :meth:`next` is not woken. The listener is called
+        from inside the hub (:meth:`WatchHub.notify`, :meth:`poll` itself): it must be cheap and
+        must not call back into the hub.
         """
         self._listener = listener
 
@@ -361,9 +365,12 @@ class Watcher:
         self._signal()
 
     def _signal(self) -> None:
-        self._wake.set()
-        if self._listener is not None:
-            self._listener()
+        # A consumer with a listener takes responses with poll: no task waits in next() to wake.
+        listener = self._listener
+        if listener is None:
+            self._wake.set()
+        else:
+            listener()
 
     def _fits(self, events: int, nbytes: int) -> bool:
         hub = self._hub

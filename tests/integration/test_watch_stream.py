@@ -165,3 +165,94 @@ async def test_a_client_that_stops_reading_holds_back_no_one_and_resumes_without
                 seen.extend(int(ev["kv"]["mod_revision"]) for ev in r["events"])
                 assert all(ev["kv"]["value"] == b64(value) for ev in r["events"])
             assert seen == revs
+
+
+async def test_creates_back_to_back_in_one_body_each_get_every_event(tmp_path: Path) -> None:
+    """How etcd clients and benchmarks multiplex: one request body of M create requests, no ids.
+    The stream numbers them 0..M-1 in order (the gateway leaves out a zero id)."""
+    n = 30
+    body = b"\n".join(json.dumps(create(b"m/", b"m0")).encode() for _ in range(n))
+    async with LocalCluster(tmp_path, 1) as cluster, aiohttp.ClientSession() as session:
+        m = cluster.members[0]
+        await cluster.leader()
+        await wait_ready(cluster)
+        async with session.post(m.client_url + "/v3/watch", data=body) as resp:
+            assert resp.status == 200
+
+            async def result() -> dict[str, Any]:
+                async with asyncio.timeout(20):
+                    line = await resp.content.readline()
+                assert line, "the stream ended"
+                out: dict[str, Any] = json.loads(line)["result"]
+                return out
+
+            created = [await result() for _ in range(n)]
+            assert all(c["created"] and not c.get("canceled") for c in created), created
+            assert [c.get("watch_id", "0") for c in created] == [str(i) for i in range(n)]
+            revs = [await put(session, m, b"m/%d" % i, b"v") for i in range(3)]
+            got: dict[str, list[int]] = {str(i): [] for i in range(n)}
+            while any(len(v) < len(revs) for v in got.values()):
+                r = await result()
+                got[r.get("watch_id", "0")].extend(int(ev["kv"]["mod_revision"]) for ev in r["events"])
+            assert all(v == revs for v in got.values()), got
+
+
+async def test_cancel_of_one_watcher_leaves_the_others_on_its_stream(tmp_path: Path) -> None:
+    async with LocalCluster(tmp_path, 1) as cluster, aiohttp.ClientSession() as session:
+        m = cluster.members[0]
+        await cluster.leader()
+        await wait_ready(cluster)
+        async with Stream(session, m, create(b"c/", b"c0", watch_id=1)) as s:
+            for wid in range(2, 11):
+                s.send(create(b"c/", b"c0", watch_id=wid))
+            assert [(await s.result())["watch_id"] for _ in range(10)] == [str(w) for w in range(1, 11)]
+            for wid in (2, 5, 9):
+                s.send({"cancel_request": {"watch_id": wid}})
+                r = await s.result()
+                assert (r["watch_id"], r["canceled"]) == (str(wid), True)
+            rev = await put(session, m, b"c/a", b"1")
+            live = {str(w) for w in range(1, 11)} - {"2", "5", "9"}
+            got = [await s.result() for _ in live]
+            assert {r["watch_id"] for r in got} == live
+            assert all(int(r["header"]["revision"]) == rev for r in got)
+            # Nothing more is pending for any watcher of the stream, the canceled ones included.
+            s.send({"progress_request": {}})
+            r = await s.result()
+            assert (r["watch_id"], int(r["header"]["revision"])) == ("-1", rev)
+
+
+async def test_a_slow_stream_of_many_watchers_holds_back_no_one_and_each_resumes_without_gap(tmp_path: Path) -> None:
+    """A stream carrying many watchers whose client stops reading: its watchers fall back to history
+    (bounded queues) while another stream gets every event; read again, every watcher of the slow
+    stream gets every event once and in order."""
+    watchers, puts, value = 20, 80, b"v" * 30_000  # about 64 MB of lines for the slow stream
+    async with LocalCluster(tmp_path, 1) as cluster, aiohttp.ClientSession() as session:
+        m = cluster.members[0]
+        await cluster.leader()
+        await wait_ready(cluster)
+        async with (
+            aiohttp.ClientSession() as slow_session,
+            Stream(slow_session, m, create(b"big/", b"big0")) as slow,
+            Stream(session, m, create(b"big/", b"big0")) as fast,
+        ):
+            for _ in range(watchers - 1):
+                slow.send(create(b"big/", b"big0"))
+            assert all([(await slow.result())["created"] for _ in range(watchers)])
+            assert (await fast.result())["created"]
+            revs = []
+            for i in range(puts):
+                revs.append(await put(session, m, b"big/%03d" % i, value))
+                r = await fast.result()
+                assert [int(ev["kv"]["mod_revision"]) for ev in r["events"]] == [revs[-1]]
+            async with session.get(m.client_url + "/metrics") as resp:
+                metrics = await resp.text()
+            unsynced = next(
+                float(x.split()[1]) for x in metrics.splitlines() if x.startswith("kvdisco_watchers_unsynced ")
+            )
+            assert unsynced >= 1, metrics
+            seen: dict[str, list[int]] = {str(w): [] for w in range(watchers)}
+            while any(len(v) < puts for v in seen.values()):
+                r = await slow.result()
+                seen[r.get("watch_id", "0")].extend(int(ev["kv"]["mod_revision"]) for ev in r["events"])
+                assert all(ev["kv"]["value"] == b64(value) for ev in r["events"])
+            assert all(v == revs for v in seen.values())
