@@ -12,7 +12,12 @@ Steps, in one run:
    txn from --clients concurrent clients; the load rate is recorded. The load stops at
    --load-seconds; the keys actually loaded are reported, never extrapolated.
 3. RSS (VmRSS, and the peak VmHWM) of every member, and the size of its wal/ and snap/ directories.
-4. Put/range throughput at that size (closed loop, --load-conns clients, --seconds each).
+4. Put/range throughput at that size (closed loop, --load-conns clients, --seconds each; puts for
+   --put-seconds if given, on the empty store too). Each window prints the requests answered and
+   the slowest in each of its seconds, and per member what happened meanwhile (WindowMonitor): CPU
+   seconds, minor page faults, snapshots taken, compaction, full collections, the seconds its
+   snapshot child ran and that child's CPU, and the CPU other processes on the machine took.
+   --skip-recovery stops here.
 5. kill -9 one follower, restart it, and time until /readyz answers 200 and a serializable range
    on it sees a marker key written just before the kill.
 6. Add a learner k3 (POST /v3/cluster/member/add), start it with --initial-cluster-state existing,
@@ -56,6 +61,7 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 KEY_BYTES = 32
 TXN_OPS = 128
 MARKER = b"scale-marker"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def b64(data: bytes) -> str:
@@ -215,7 +221,9 @@ async def find_leader(s: aiohttp.ClientSession, c: Cluster, timeout_s: float = 6
     raise TimeoutError(f"no leader within {timeout_s} s (logs in {c.root})")
 
 
-async def load(s: aiohttp.ClientSession, url: str, n: int, value: bytes, clients: int, limit_s: float) -> dict:
+async def load(
+    s: aiohttp.ClientSession, url: str, n: int, value: bytes, clients: int, limit_s: float
+) -> dict[str, Any]:
     """Put keys 0..n-1 in txns of 128 puts from ``clients`` workers; stop at ``limit_s``."""
     vb = b64(value)
     batches = iter(range(0, n, TXN_OPS))
@@ -259,14 +267,28 @@ async def load(s: aiohttp.ClientSession, url: str, n: int, value: bytes, clients
 
 
 async def closed_loop(
-    s: aiohttp.ClientSession, url: str, kind: str, nkeys: int, value: bytes, conns: int, seconds: float
+    s: aiohttp.ClientSession,
+    url: str,
+    kind: str,
+    nkeys: int,
+    value: bytes,
+    conns: int,
+    seconds: float,
+    per_second: list[list[float]] | None = None,
 ) -> dict[str, float]:
-    """``conns`` clients each issuing one request at a time for ``seconds``: puts or linearizable ranges."""
+    """``conns`` clients each issuing one request at a time for ``seconds``: puts or linearizable ranges.
+
+    With ``per_second``, row i gets [requests answered, slowest ms] for second i of the window, so a
+    stall shows where it happened (see WindowMonitor).
+    """
     vb = b64(value)
     lat: list[float] = []
     errors = 0
-    deadline = time.monotonic() + seconds
+    start = time.monotonic()
+    deadline = start + seconds
     rng = random.Random(1)
+    if per_second is not None:
+        per_second[:] = [[0, 0.0] for _ in range(int(seconds) + 1)]
 
     async def worker() -> None:
         nonlocal errors
@@ -279,7 +301,12 @@ async def closed_loop(
             except (aiohttp.ClientError, TimeoutError, OSError):
                 status = 0
             if status == 200:
-                lat.append(time.perf_counter() - t)
+                took = time.perf_counter() - t
+                lat.append(took)
+                if per_second is not None:
+                    row = per_second[min(len(per_second) - 1, int(time.monotonic() - start))]
+                    row[0] += 1
+                    row[1] = max(row[1], took * 1e3)
             else:
                 errors += 1
 
@@ -371,6 +398,143 @@ async def gc_stats(s: aiohttp.ClientSession, c: Cluster) -> dict[str, dict[str, 
     return out
 
 
+def proc_cpu(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and minor page faults of ``pid`` (copy-on-write shows as the latter)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0, 0
+    # After the command name: state is field 3, minflt 10, utime 14, stime 15 (1-based, man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, int(fields[7])
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS
+
+
+def child_pids(pid: int) -> list[int]:
+    """Children of ``pid``: a member's only child is its snapshot writer."""
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+#: /metrics series WindowMonitor follows per member.
+_WATCHED_METRICS = {
+    "kvdisco_raft_snapshots_taken_total": "snapshots",
+    "kvdisco_mvcc_compact_revision": "compact_rev",
+    "kvdisco_raft_applied_index": "applied",
+    'kvdisco_gc_pause_seconds_total{generation="2"}': "gen2_s",
+    'kvdisco_gc_collections_total{generation="2"}': "gen2_n",
+    'kvdisco_gc_pause_seconds_total{generation="1"}': "gen1_s",
+    "kvdisco_wal_fsync_seconds_total": "fsync_s",
+}
+
+
+async def scrape(s: aiohttp.ClientSession, m: Member) -> dict[str, float]:
+    try:
+        async with s.get(m.client_url + "/metrics") as r:
+            text = await r.text()
+    except (aiohttp.ClientError, OSError):
+        return {}
+    row: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in _WATCHED_METRICS:
+            row[_WATCHED_METRICS[name]] = float(value)
+    return row
+
+
+class WindowMonitor:
+    """What every member did during one throughput window: CPU, page faults, snapshot children, GC.
+
+    /metrics is read just before and just after the window, never during it: the scrape walks the
+    collector's frozen objects to count them (about 3 per key), which stops a member at a million
+    keys for a noticeable time. Meanwhile /proc is sampled every half second (free for the
+    members): each member's CPU seconds and minor page faults (copy-on-write after a fork shows
+    there) and its snapshot child, if one runs. The summary says per member how much CPU it and its
+    children took, how many snapshots and full collections fell in the window, and in which seconds
+    of the window a snapshot child was running.
+    """
+
+    def __init__(self, s: aiohttp.ClientSession, c: Cluster) -> None:
+        self.s, self.c = s, c
+        self.samples: list[dict[str, Any]] = []
+        self.metrics_before: dict[str, dict[str, float]] = {}
+        self.child_cpu: dict[int, float] = {}  # last CPU seconds seen per child pid
+        self.child_first: dict[int, float] = {}  # CPU seconds of each child when first seen
+        self.child_of: dict[int, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._t0 = 0.0
+
+    def _members(self) -> list[Member]:
+        return [m for m in self.c.members if m.proc is not None and m.proc.poll() is None]
+
+    async def _scrape_all(self) -> dict[str, dict[str, float]]:
+        members = self._members()
+        rows = await asyncio.gather(*(scrape(self.s, m) for m in members))
+        return {m.name: row for m, row in zip(members, rows, strict=True)}
+
+    def _sample(self) -> None:
+        row: dict[str, Any] = {"t": round(time.monotonic() - self._t0, 2)}
+        for m in self._members():
+            cpu, flt = proc_cpu(m.pid)
+            kids = child_pids(m.pid)
+            for k in kids:
+                kcpu, _ = proc_cpu(k)
+                self.child_first.setdefault(k, kcpu)
+                self.child_cpu[k] = kcpu
+                self.child_of[k] = m.name
+            row[m.name] = {"cpu_s": cpu, "minflt": flt, "children": kids}
+        row["busy_s"], row["bench_s"] = machine_busy_s(), proc_cpu(os.getpid())[0]
+        self.samples.append(row)
+
+    async def _run(self) -> None:
+        while True:
+            self._sample()
+            await asyncio.sleep(0.5)
+
+    async def start(self) -> None:
+        """Read /metrics, then sample /proc until stop(); the window starts when this returns."""
+        self.metrics_before = await self._scrape_all()
+        self._t0 = time.monotonic()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> dict[str, Any]:
+        """Call right after the window: one last /proc sample, then /metrics again."""
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._sample()
+        after = await self._scrape_all()
+        first, last = self.samples[0], self.samples[-1]
+        out: dict[str, Any] = {}
+        for name in first:
+            if not name.startswith("k") or name not in last:
+                continue
+            a, b = first[name], last[name]
+            row: dict[str, Any] = {"cpu_s": round(b["cpu_s"] - a["cpu_s"], 2), "minflt": b["minflt"] - a["minflt"]}
+            ma, mb = self.metrics_before.get(name, {}), after.get(name, {})
+            row.update({k: round(mb[k] - ma[k], 3) for k in _WATCHED_METRICS.values() if k in ma and k in mb})
+            kids = [k for k, owner in self.child_of.items() if owner == name]
+            row["child_cpu_s"] = round(sum(self.child_cpu[k] - self.child_first[k] for k in kids), 2)
+            alive = sorted({int(x["t"]) for x in self.samples if x.get(name, {}).get("children")})
+            row["child_alive_at_s"] = alive
+            row["child_at_start"] = bool(a["children"])
+            out[name] = row
+        # CPU the whole machine spent that neither the members, their children nor this load generator
+        # account for: another process competing with the cluster makes the window's figure unfair.
+        ours = sum(r["cpu_s"] + r["child_cpu_s"] for r in out.values()) + last["bench_s"] - first["bench_s"]
+        out["other_cpu_s"] = round(last["busy_s"] - first["busy_s"] - ours, 2)
+        return out
+
+
 def memory(c: Cluster) -> dict[str, dict[str, float]]:
     out = {}
     for m in c.members:
@@ -428,6 +592,31 @@ async def steady(
             "rss_change_mib": drift}  # fmt: skip
 
 
+async def window(
+    s: aiohttp.ClientSession,
+    c: Cluster,
+    url: str,
+    kind: str,
+    nkeys: int,
+    value: bytes,
+    args: argparse.Namespace,
+    phase: str,
+) -> dict[str, Any]:
+    """One throughput window (--put-seconds for puts, --seconds for ranges) with what each member did."""
+    seconds = args.put_seconds if kind == "put" and args.put_seconds else args.seconds
+    per_second: list[list[float]] = []
+    mon = WindowMonitor(s, c)
+    await mon.start()
+    r: dict[str, Any] = dict(await closed_loop(s, url, kind, nkeys, value, args.load_conns, seconds, per_second))
+    r["members"] = await mon.stop()
+    r["per_second"] = [[int(n), round(worst, 1)] for n, worst in per_second if n]
+    print(f"{phase} {kind}: " + json.dumps({k: v for k, v in r.items() if k not in ("members", "per_second")}))
+    print(f"  per second [answered, slowest ms]: {r['per_second']}")
+    for name, row in r["members"].items():
+        print(f"  {name}: {json.dumps(row)}", flush=True)
+    return r
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(args.dir or tempfile.mkdtemp(prefix="kvdisco-scale-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -445,15 +634,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             c.start(m)
         leader = await find_leader(s, c)
         print(f"leader {leader.name}; data in {root}", flush=True)
+        await asyncio.sleep(1.0)
+        gone = [m.name for m in c.members if m.proc is not None and m.proc.poll() is not None]
+        if gone:  # e.g. a port still held by another process: the figures would be a smaller cluster's
+            raise RuntimeError(f"members {gone} exited at start (logs in {root})")
 
         # Empty store: a small key set so puts overwrite and ranges hit.
         small = 1000
         await load(s, leader.client_url, small, value, args.clients, 60)
         res["empty"] = {"memory": memory(c)}
         for kind in ("put", "range"):
-            r = await closed_loop(s, leader.client_url, kind, small, value, args.load_conns, args.seconds)
-            res["empty"][kind] = r
-            print(f"empty {kind}: {r}", flush=True)
+            res["empty"][kind] = await window(s, c, leader.client_url, kind, small, value, args, "empty")
 
         print(f"loading {args.keys} keys ...", flush=True)
         res["load"] = await load(s, leader.client_url, args.keys, value, args.clients, args.load_seconds)
@@ -461,9 +652,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         print(f"load: {res['load']}", flush=True)
         res["loaded"] = {"memory": memory(c), "gc_before": await gc_stats(s, c)}
         for kind in ("put", "range"):
-            r = await closed_loop(s, leader.client_url, kind, n, value, args.load_conns, args.seconds)
-            res["loaded"][kind] = r
-            print(f"loaded {kind}: {r}", flush=True)
+            res["loaded"][kind] = await window(s, c, leader.client_url, kind, n, value, args, "loaded")
         res["loaded"]["memory_after_throughput"] = memory(c)
         res["loaded"]["gc_after"] = await gc_stats(s, c)
         print(
@@ -472,13 +661,20 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
 
+        if args.skip_recovery:
+            res["final_memory"] = memory(c)
+            return res
+
         # Restart a follower after kill -9.
         leader = await find_leader(s, c)
         victim = next(m for m in c.members if m is not leader)
         marker = b"restart-%d" % time.time_ns()
         st, _ = await post(s, leader.client_url + "/v3/kv/put", {"key": b64(MARKER), "value": b64(marker)})
         assert st == 200
+        deadline = time.monotonic() + 60
         while not await sees(s, victim.client_url, MARKER, marker):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{victim.name} did not see the marker within 60 s (logs in {root})")
             await asyncio.sleep(0.05)
         assert victim.proc is not None
         os.kill(victim.pid, signal.SIGKILL)
@@ -537,12 +733,13 @@ def print_table(r: dict[str, Any]) -> None:
                 f"  wal {m['wal_mib']:7.1f} MiB/{m['wal_files']} files"
                 f"  snap {m['snap_mib']:7.1f} MiB/{m['snap_files']} files"
             )
-    if "empty" in r and "loaded" in r:
+    if load and "empty" in r and "loaded" in r:
         for kind in ("put", "range"):
             e, f = r["empty"][kind], r["loaded"][kind]
             print(
-                f"{kind:<6} empty {e['rps']:7.0f}/s p50 {e['p50_ms']:6.1f} ms | at {load['keys']} keys"
-                f" {f['rps']:7.0f}/s p50 {f['p50_ms']:6.1f} ms | ratio {f['rps'] / e['rps']:.2f}"
+                f"{kind:<6} empty {e['rps']:7.0f}/s p50 {e['p50_ms']:6.1f} ms p99 {e['p99_ms']:6.1f} ms"
+                f" | at {load['keys']} keys {f['rps']:7.0f}/s p50 {f['p50_ms']:6.1f} ms p99 {f['p99_ms']:6.1f} ms"
+                f" | ratio {f['rps'] / e['rps']:.2f}"
             )
     for phase in ("restart", "catchup"):
         x = r.get(phase)
@@ -563,6 +760,13 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=32, help="concurrent loaders (txns of 128 puts)")
     p.add_argument("--load-conns", type=int, default=64, help="closed-loop clients for throughput and steady load")
     p.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
+    p.add_argument(
+        "--put-seconds",
+        type=float,
+        default=0.0,
+        help="put windows (empty and loaded) last this long (default --seconds)",
+    )
+    p.add_argument("--skip-recovery", action="store_true", help="stop after the throughput at scale")
     p.add_argument("--load-seconds", type=float, default=1200.0, help="stop loading after this long")
     p.add_argument("--recovery-limit", type=float, default=300.0, help="give up on restart/catch-up after this")
     p.add_argument("--steady-minutes", type=float, default=3.0)

@@ -18,6 +18,8 @@ import gc
 import time
 from typing import Any
 
+from kvdisco.api.metrics import gc_pauses
+
 __all__ = ["FREEZE_AFTER_S", "FreezeAfterSlowCollections"]
 
 #: A full collection that took at least this long freezes what survived it.
@@ -45,3 +47,4 @@ class FreezeAfterSlowCollections:
         elif info.get("generation") == 2 and time.perf_counter() - self._started >= self.threshold_s:
             gc.freeze()
             self.freezes += 1
+            gc_pauses().note_freeze()

@@ -25,6 +25,7 @@ from aiohttp import web
 from kvdisco.api.app import make_app
 from kvdisco.api.backend import Backend, BackendConfig, WatchedMachine
 from kvdisco.api.fastpath import GatewaySite
+from kvdisco.api.metrics import gc_pauses
 from kvdisco.cli.heap import FreezeAfterSlowCollections
 from kvdisco.mvcc.errors import MvccError
 from kvdisco.mvcc.lease_clock import LeaseClock
@@ -220,6 +221,7 @@ async def serve(args: argparse.Namespace) -> int:
     # the cyclic garbage collector from walking those millions of objects again on every full collection.
     gc.collect()
     gc.freeze()
+    gc_pauses().note_freeze()
     FreezeAfterSlowCollections().install()  # and so on as the store grows: see kvdisco/cli/heap.py
     backend = Backend(
         node,

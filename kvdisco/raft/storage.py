@@ -33,6 +33,12 @@ WAL_RECORD_BYTES_MAX = PROPOSAL_BYTES_MAX + 64 * 1024
 #: Snapshot files kept on disk: the one in force plus one spare for an operator.
 SNAP_FILES_KEPT = 2
 
+#: A snapshot file is written and made durable this many bytes at a time (an fdatasync after each).
+#: A WAL fsync on the same disk waits for the writes queued before it: while three processes each
+#: wrote and fsynced 170 MB at once (three members' snapshots at a million keys), a 300-byte WAL
+#: append waited up to 377 ms for its fdatasync; with 8 MiB steps, at most 86 ms (2026-11-27).
+SNAPSHOT_SYNC_BYTES = 8 * 1024 * 1024
+
 # WAL record kinds (first element of every payload; never renumber).
 _ENTRY = 0
 _HARD_STATE = 1
@@ -281,19 +287,26 @@ def write_snapshot_file(path: str | os.PathLike[str], meta: SnapshotMeta, data: 
     then installs the file with :meth:`DiskStorage.install_snapshot`, which only renames it, so
     no snapshot-sized write runs where the WAL's appends wait. ``path`` should come from
     :meth:`DiskStorage.snapshot_temp_path`, which recovery removes if the install never happens.
+
+    The data goes to disk SNAPSHOT_SYNC_BYTES at a time, each step synced before the next one is
+    written, so a WAL fsync on the same disk never queues behind the whole file.
     """
     meta_bytes = encode_snapshot_meta(meta)
     crc = zlib.crc32(data, zlib.crc32(meta_bytes))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         _write_all(fd, _SNAP_HEADER.pack(_SNAP_MAGIC, crc, len(meta_bytes), len(data)) + meta_bytes)
-        _write_all(fd, data)
+        with memoryview(data) as view:
+            for start in range(0, len(view), SNAPSHOT_SYNC_BYTES):
+                if start:
+                    os.fdatasync(fd)
+                _write_all(fd, view[start : start + SNAPSHOT_SYNC_BYTES])
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _write_all(fd: int, buf: bytes) -> None:
+def _write_all(fd: int, buf: bytes | memoryview) -> None:
     view = memoryview(buf)
     while view:
         view = view[os.write(fd, view) :]

@@ -4,8 +4,11 @@ it by rename, and how often snapshots are taken follows the size of the state.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,6 +122,44 @@ async def test_the_replay_bound_wins_over_the_growth_rule(tmp_path: Path, monkey
             log = node.rawnode.raft.log
             assert log.applied - log.snapshot.index <= 25 + 1
         assert node.metrics["snapshots_taken"] >= 3
+    finally:
+        await node.stop()
+
+
+class SlowSnapshots(ListMachine):
+    """Its snapshot takes a while (in the forked child), long enough to watch the child's scheduling."""
+
+    def snapshot(self) -> bytes:
+        time.sleep(1.5)
+        return super().snapshot()
+
+
+def open_sockets(pid: str) -> list[str]:
+    """The sockets among a process's open files (/proc/PID/fd)."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # the directory's own fd, say, closed since
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:"):
+                out.append(target)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+async def test_the_snapshot_child_holds_none_of_the_members_sockets(tmp_path: Path) -> None:
+    """A member restarted after kill -9 binds its ports again at once, though its child may still be exiting."""
+    cfg = config(tmp_path, snapshot_entries=5)
+    node = await leader(cfg, SlowSnapshots())
+    try:
+        for i in range(6):
+            await node.propose(b"x%d" % i)
+        async with asyncio.timeout(10):
+            while not (pid := node._snapshot_child):
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # past the fork's first steps: the child is in the machine's snapshot
+        assert open_sockets("self") and not open_sockets(str(pid))
+        await settle(node)
+        assert node.metrics["snapshots_taken"] >= 1
     finally:
         await node.stop()
 

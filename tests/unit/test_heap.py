@@ -51,5 +51,5 @@ def test_pauses_are_counted_by_generation() -> None:
         "kvdisco_gc_pause_seconds",
         "kvdisco_gc_collections",
         "kvdisco_gc_pause_longest_seconds",
-        "kvdisco_gc_frozen_objects",
+        "kvdisco_gc_freezes",
     }

@@ -141,3 +141,34 @@ def test_a_torn_tail_past_the_written_data_is_still_zeroed(tmp_path: Path) -> No
     s.close()
     s = DiskStorage.open(tmp_path)
     assert [e.index for e in s.entries] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("size", [0, 1, 1023, 1024, 1025, 5 * 1024 + 7])
+def test_a_snapshot_written_in_synced_steps_reads_back_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Written SNAPSHOT_SYNC_BYTES at a time, with an fdatasync between steps: the same bytes, every size."""
+    import kvdisco.raft.storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "SNAPSHOT_SYNC_BYTES", 1024)
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def counting_fdatasync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_size)
+        real_fdatasync(fd)
+
+    s = filled(tmp_path)
+    monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
+    meta = SnapshotMeta(5, 1, ConfState(frozenset({1})))
+    data = bytes(i % 251 for i in range(size))
+    temp = s.snapshot_temp_path(meta)
+    write_snapshot_file(temp, meta, data)
+    header = os.path.getsize(temp) - size
+    # One sync after each full step but the last; the final fsync covers the rest.
+    assert synced == [header + 1024 * (i + 1) for i in range(max(0, (size - 1) // 1024))]
+    monkeypatch.undo()
+    s.install_snapshot(meta, temp)
+    s.close()
+    s = DiskStorage.open(tmp_path)
+    assert s.load_snapshot_data() == data
