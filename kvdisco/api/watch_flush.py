@@ -21,6 +21,7 @@ The routes differ only in their lines (:meth:`WatchStream.encode`), their contro
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
 import time
@@ -105,7 +106,7 @@ class Flusher:
                     self._handle = asyncio.get_running_loop().call_soon(self._run)
 
 
-class WatchStream:
+class WatchStream(abc.ABC):
     """One streamed HTTP response carrying the responses of any number of hub watchers, each
     known by a stream-local id.
 
@@ -144,11 +145,11 @@ class WatchStream:
 
     # --- what a route provides ---------------------------------------------------------------
 
+    @abc.abstractmethod
     def encode(self, wid: int, watcher: Watcher, wr: WatchResponse) -> bytes:
         """One line of the stream (newline included) for response ``wr`` of watcher ``wid``."""
-        raise NotImplementedError
 
-    def watcher_ended(self, wid: int) -> None:
+    def watcher_ended(self, wid: int) -> None:  # noqa: B027 (an optional hook; doing nothing is its default)
         """Watcher ``wid`` will send nothing more: its last response was written (a cancel after
         compaction), or it was removed from the hub (the hub closed). Nothing by default."""
 
