@@ -735,6 +735,16 @@ class Harness:
 # -- scripts -------------------------------------------------------------------------------------------------------
 
 
+def elected(cmd: str = "bootstrap 1 2 3", h: Harness | None = None) -> Harness:
+    """A cluster where node 1 won the first election and everything is delivered."""
+    h = h or Harness()
+    h.run(cmd)
+    h.run("campaign 1")
+    h.stabilize()
+    assert h.rn(1).role == StateRole.LEADER
+    return h
+
+
 @dataclass
 class Script:
     """A testdata file: text lines, commands (``> cmd``) and the output expected after each command.

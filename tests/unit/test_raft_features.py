@@ -8,7 +8,7 @@ flow control. testdata/*.txt shows the same features as transcripts.
 from __future__ import annotations
 
 import pytest
-from raft_harness import Harness
+from raft_harness import Harness, elected
 
 from kvdisco.raft import (
     ConfChange,
@@ -24,15 +24,6 @@ from kvdisco.raft import (
 from kvdisco.raft._progress import ProgressState
 
 MT = MessageType
-
-
-def elected(cmd: str = "bootstrap 1 2 3") -> Harness:
-    h = Harness()
-    h.run(cmd)
-    h.run("campaign 1")
-    h.stabilize()
-    assert h.rn(1).role == StateRole.LEADER
-    return h
 
 
 def reads(h: Harness, nid: int) -> list[tuple[int, str]]:

@@ -9,7 +9,7 @@ rules down with assertions (after etcd-io/raft's raft_paper_test.go).
 from __future__ import annotations
 
 import pytest
-from raft_harness import Harness, Node
+from raft_harness import Harness, Node, elected
 
 from kvdisco.raft import (
     Config,
@@ -42,16 +42,6 @@ class RecordingHarness(Harness):
     def _handle_ready(self, nd: Node, rd: Ready, quiet: bool = False) -> None:
         self.readies.append((nd.id, rd))
         super()._handle_ready(nd, rd, quiet)
-
-
-def elected(cmd: str = "bootstrap 1 2 3", h: Harness | None = None) -> Harness:
-    """A cluster where node 1 won the first election and everything is delivered."""
-    h = h or Harness()
-    h.run(cmd)
-    h.run("campaign 1")
-    h.stabilize()
-    assert h.rn(1).role == StateRole.LEADER
-    return h
 
 
 def leaders(h: Harness) -> dict[int, int]:

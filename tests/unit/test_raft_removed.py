@@ -13,7 +13,7 @@ import json
 
 import msgpack
 import pytest
-from raft_harness import Harness
+from raft_harness import Harness, elected
 
 from kvdisco.raft import (
     ConfChange,
@@ -35,15 +35,6 @@ from kvdisco.raft._codec import encode_snapshot_meta as encode_meta
 
 MT = MessageType
 ADD, ADD_LEARNER, REMOVE = ConfChangeType.ADD_VOTER, ConfChangeType.ADD_LEARNER, ConfChangeType.REMOVE_NODE
-
-
-def elected(cmd: str = "bootstrap 1 2 3") -> Harness:
-    h = Harness()
-    h.run(cmd)
-    h.run("campaign 1")
-    h.stabilize()
-    assert h.rn(1).role == StateRole.LEADER
-    return h
 
 
 def removed(h: Harness, nid: int) -> frozenset[int]:
