@@ -499,9 +499,10 @@ class Node:
         except NotLeader:
             raise self._not_leader() from None
         fut = self._wait_for_entry(index, term)
-        if rn.replication_idle():
+        if not self._holding_messages and rn.replication_idle():
             # Nothing in flight, so nothing for this entry to wait for and share an APP with: send it now rather
-            # than next loop turn (proposals made meanwhile are batched as usual, behind it).
+            # than next loop turn (proposals made meanwhile are batched as usual, behind it). Not while a Ready
+            # holds its messages back (_yield_to_callers): they go first, in the order the core made them.
             self._send_all(rn.take_early_messages())
         self._poke()
         return await fut
