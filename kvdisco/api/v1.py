@@ -26,9 +26,8 @@ from kvdisco.api.backend import Backend, RequestFailed
 from kvdisco.api.members import add_member, member_list, promote_member, remove_member
 from kvdisco.api.openapi import OPENAPI
 from kvdisco.api.watch_flush import (
-    LINE_CACHE_BYTES_MAX,
-    LINE_CACHE_ENTRIES_MAX,
     WATCH_FLUSHER_KEY,
+    LiveLineCache,
     WatchStream,
     install,
 )
@@ -199,19 +198,16 @@ async def delete_kv(request: web.Request, b: Backend) -> web.StreamResponse:
 class _WatchLines:
     """/v1 watch lines. A live response's line is built once for all the /v1 watchers of a member
     that get the same events tuple (the hub shares one per group and options, and a /v1 line has
-    no watch id), not once per watcher. Entries hold their events tuple, so an id is never reused
-    while cached."""
+    no watch id), not once per watcher."""
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[tuple[Event, ...], int, bytes]] = {}
-        self._cache_bytes = 0
+        self._cache: LiveLineCache[bytes] = LiveLineCache()
 
     def line(self, wr: WatchResponse) -> bytes:
         live = bool(wr.made_at and wr.events)
-        if live:
-            hit = self._cache.get(id(wr.events))
-            if hit is not None and hit[0] is wr.events and hit[1] == wr.revision:
-                return hit[2]
+        key = (id(wr.events), wr.revision)
+        if live and (hit := self._cache.get(key, wr.events)) is not None:
+            return hit
         out: dict[str, Any] = {"revision": wr.revision}
         if wr.events:
             out["events"] = [event_json(ev) for ev in wr.events]
@@ -221,11 +217,7 @@ class _WatchLines:
                 out["compact_revision"] = wr.compact_revision
         line = orjson.dumps(out) + b"\n"
         if live:
-            if len(self._cache) >= LINE_CACHE_ENTRIES_MAX or self._cache_bytes > LINE_CACHE_BYTES_MAX:
-                self._cache.clear()
-                self._cache_bytes = 0
-            self._cache[id(wr.events)] = (wr.events, wr.revision, line)
-            self._cache_bytes += len(line)
+            self._cache.put(key, wr.events, line, len(line))
         return line
 
 

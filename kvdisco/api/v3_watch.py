@@ -27,9 +27,8 @@ from kvdisco.api import v3_codec as codec
 from kvdisco.api.backend import Backend
 from kvdisco.api.v3 import BACKEND_KEY, WATCH_DELIVERY_KEY, error_response, response_header
 from kvdisco.api.watch_flush import (
-    LINE_CACHE_BYTES_MAX,
-    LINE_CACHE_ENTRIES_MAX,
     WATCH_FLUSHER_KEY,
+    LiveLineCache,
     WatchStream,
     install,
 )
@@ -114,15 +113,12 @@ class ResponseEncoder:
     member that get the same events tuple (the hub shares one per group and options), with only
     the watch id spliced in per watcher: the header and events are built once per write, not
     once per watcher. The result is byte for byte what :func:`codec.watch_response` gives.
-
-    Entries hold their events tuple, so an id is never reused while cached.
     """
 
     def __init__(self, b: Backend, events: EventJsonCache) -> None:
         self._b = b
         self._events = events
-        self._cache: dict[tuple[int, bool, int, int, int], tuple[tuple[Event, ...], bytes, bytes]] = {}
-        self._cache_bytes = 0
+        self._cache: LiveLineCache[tuple[bytes, bytes]] = LiveLineCache()
 
     def line(self, wid: int, wr: WatchResponse, prev_kv: bool) -> bytes:
         """One line of the stream for watcher ``wid`` (its stream-local id), newline included."""
@@ -139,19 +135,15 @@ class ResponseEncoder:
             )
         b = self._b
         key = (id(wr.events), prev_kv, wr.revision, b.raft_term, b.cluster_id)
-        hit = self._cache.get(key)
-        if hit is None or hit[0] is not wr.events:
+        hit = self._cache.get(key, wr.events)
+        if hit is None:
             head = b'{"result":{"header":' + codec.dumps(response_header(b, wr.revision))
             events = [self._events.encode(ev, prev_kv) for ev in wr.events]
             tail = b',"events":' + codec.dumps(events) + b"}}\n"
-            hit = (wr.events, head, tail)
+            hit = (head, tail)
             if wr.made_at:  # live: other watchers get the same tuple; history responses are not shared
-                if len(self._cache) >= LINE_CACHE_ENTRIES_MAX or self._cache_bytes > LINE_CACHE_BYTES_MAX:
-                    self._cache.clear()
-                    self._cache_bytes = 0
-                self._cache[key] = hit
-                self._cache_bytes += len(head) + len(tail)
-        _, head, tail = hit
+                self._cache.put(key, wr.events, hit, len(head) + len(tail))
+        head, tail = hit
         # codec.watch_response leaves out a zero watch_id, as etcd's gateway does.
         return head + b',"watch_id":"%d"' % wid + tail if wid else head + tail
 

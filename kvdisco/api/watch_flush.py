@@ -25,6 +25,8 @@ import abc
 import asyncio
 import functools
 import time
+from collections.abc import Hashable
+from typing import Any, Generic, TypeVar
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -37,6 +39,7 @@ __all__ = [
     "FLUSH_SLICE_S",
     "LINE_CACHE_BYTES_MAX",
     "LINE_CACHE_ENTRIES_MAX",
+    "LiveLineCache",
     "WATCH_FLUSHER_KEY",
     "Flusher",
     "WatchStream",
@@ -56,6 +59,33 @@ FLUSH_SLICE_S = 0.001
 #: few entries suffice; the bytes bound keeps a burst of large revisions from pinning memory.
 LINE_CACHE_ENTRIES_MAX = 256
 LINE_CACHE_BYTES_MAX = 8 << 20
+
+_V = TypeVar("_V")
+
+
+class LiveLineCache(Generic[_V]):
+    """Encoded live responses, kept for the other watchers of the same write.
+
+    The hub hands every watcher of one group the same events tuple, so a key starts with the
+    tuple's id. An entry holds its tuple, so that id cannot be reused while cached, and a lookup
+    checks it is still the same tuple. Bounded by :data:`LINE_CACHE_ENTRIES_MAX` and
+    :data:`LINE_CACHE_BYTES_MAX`: past either, the cache starts afresh.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, tuple[tuple[Any, ...], _V]] = {}
+        self._bytes = 0
+
+    def get(self, key: Hashable, events: tuple[Any, ...]) -> _V | None:
+        hit = self._entries.get(key)
+        return hit[1] if hit is not None and hit[0] is events else None
+
+    def put(self, key: Hashable, events: tuple[Any, ...], value: _V, nbytes: int) -> None:
+        if len(self._entries) >= LINE_CACHE_ENTRIES_MAX or self._bytes > LINE_CACHE_BYTES_MAX:
+            self._entries.clear()
+            self._bytes = 0
+        self._entries[key] = (events, value)
+        self._bytes += nbytes
 
 
 class Flusher:

@@ -127,7 +127,16 @@ class _PendingRead:
     index: int
     requester: int  # NONE or our own id: answer locally; else send READ_INDEX_RESP
     acks: set[int]
-    context: bytes = b""  # the requester's context (the pending-read key also names the requester)
+    context: bytes = b""  # the requester's context
+
+    @property
+    def request(self) -> bytes:
+        """What names the request: each node numbers its own reads, so the requester is part of it."""
+        return _read_request(self.requester, self.context)
+
+
+def _read_request(requester: int, context: bytes) -> bytes:
+    return b"%d:%s" % (requester, context)
 
 
 class Raft:
@@ -795,8 +804,8 @@ class Raft:
         if len(self.voters) == 1 and self.id in self.voters:
             self._answer_read(requester, self.log.committed, m.context)
             return
-        # A duplicate of a pending request (keyed by requester too: each node numbers its own reads) joins it.
-        request = b"%d:%s" % (requester, m.context)
+        # A duplicate of a pending request joins it.
+        request = _read_request(requester, m.context)
         if request in self._read_requests:
             return
         # Each round gets a name of its own for its heartbeats. Named after the request, a round could count
@@ -821,7 +830,7 @@ class Raft:
         done, self._read_queue = self._read_queue[:n], self._read_queue[n:]
         for c in done:
             r = self._reads.pop(c)
-            self._read_requests.discard(b"%d:%s" % (r.requester, r.context))
+            self._read_requests.discard(r.request)
             self._answer_read(r.requester, r.index, r.context)
 
     def _answer_read(self, requester: int, index: int, ctx: bytes) -> None:

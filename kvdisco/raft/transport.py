@@ -96,7 +96,18 @@ class _Snapshot:
 class _Peer:
     """Where to dial a peer, what is waiting for it, and the task that sends it."""
 
-    __slots__ = ("greet", "host", "idle", "node_id", "parked", "port", "queue", "sending_snapshot", "task", "wakeup")
+    __slots__ = (
+        "greet",
+        "host",
+        "node_id",
+        "parked",
+        "port",
+        "queue",
+        "sending_snapshot",
+        "task",
+        "wakeup",
+        "wrote_directly",
+    )
 
     def __init__(self, node_id: int, host: str, port: int) -> None:
         self.node_id = node_id
@@ -107,14 +118,27 @@ class _Peer:
         self.task: asyncio.Task[None] | None = None
         self.sending_snapshot = False
         #: The connection, while its writer task waits on an empty queue with every frame handed to the
-        #: kernel: ``send`` may then write one frame itself, in order, without waking the task (one loop
-        #: turn less per message on the commit path). None otherwise.
-        self.idle: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        #: The connection, while its writer task waits for the queue to fill (whatever ``idle`` says):
-        #: ``write_queued`` may then write the queue itself. None otherwise.
+        #: kernel: ``write_queued`` may then write the queue itself. None otherwise.
         self.parked: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        #: ``send`` wrote a frame itself since the writer task parked (see :attr:`idle`).
+        self.wrote_directly = False
         #: Dial even with nothing queued, so the peer hears our HELLO (and learns our client URLs).
         self.greet = False
+
+    @property
+    def idle(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The parked connection, if ``send`` may write one frame itself, in order, without waking the
+        writer task (one loop turn less per message on the commit path): once per parked spell."""
+        return None if self.wrote_directly else self.parked
+
+
+def _writable_now(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bool:
+    """Whether a frame may be written to ``conn`` outside its writer task: open both ways, nothing buffered.
+
+    A connection the peer closed is left to the writer task, which notices it, redials and resends.
+    """
+    reader, writer = conn
+    return not (reader.at_eof() or writer.is_closing() or writer.transport.get_write_buffer_size())
 
 
 async def _drain(writer: asyncio.StreamWriter) -> None:
@@ -369,17 +393,15 @@ class PeerTransport:
         """Hand ``frame`` to an idle connection's socket at once; False if it must go through the queue.
 
         Only when nothing is queued or buffered, so frames keep their order and the queue's bound and
-        the writer's drain still govern a slow peer. A connection the peer closed is left to the
-        writer task, which notices it, redials and resends what is queued.
+        the writer's drain still govern a slow peer.
         """
-        reader, writer = conn
-        if peer.queue or reader.at_eof() or writer.is_closing() or writer.transport.get_write_buffer_size():
+        if peer.queue or not _writable_now(conn):
             return False
-        writer.write(frame)
+        conn[1].write(frame)
         self._c.frames_sent += 1
         # One frame per idle spell: what follows goes through the queue, where the writer task joins the
         # frames of one loop turn into a single socket write (a system call each costs more under load).
-        peer.idle = None
+        peer.wrote_directly = True
         return True
 
     def write_queued(self) -> None:
@@ -392,12 +414,8 @@ class PeerTransport:
         """
         for peer in self._peers.values():
             conn = peer.parked
-            if conn is None or not peer.queue or not isinstance(peer.queue[0], bytes):
-                continue
-            reader, writer = conn
-            if reader.at_eof() or writer.is_closing() or writer.transport.get_write_buffer_size():
-                continue
-            self._write_batch(peer.queue, writer)
+            if conn is not None and peer.queue and isinstance(peer.queue[0], bytes) and _writable_now(conn):
+                self._write_batch(peer.queue, conn[1])
 
     def stats(self) -> dict[str, int]:
         out = {f.name: getattr(self._c, f.name) for f in fields(self._c)}
@@ -471,7 +489,7 @@ class PeerTransport:
         if peer.task is not None:
             peer.task.cancel()  # its finally clause closes the socket
             peer.task = None
-        peer.idle = peer.parked = None  # that connection is going: nothing more may be written to it
+        peer.parked = None  # that connection is going: nothing more may be written to it
         self._fail_snapshots(peer.node_id, peer.sending_snapshot, soon=True)
         peer.sending_snapshot = False
 
@@ -525,15 +543,14 @@ class PeerTransport:
         queue = peer.queue
         while True:
             if not queue:
-                peer.idle = peer.parked = (reader, writer)
+                peer.parked, peer.wrote_directly = (reader, writer), False
                 try:
                     while not queue:
                         peer.wakeup.clear()
                         await peer.wakeup.wait()
                 finally:
-                    peer.parked = None
-                    if peer.idle is not None and peer.idle[1] is writer:
-                        peer.idle = None
+                    if peer.parked is not None and peer.parked[1] is writer:  # not a newer task's connection
+                        peer.parked = None
             # The acceptor never writes, so EOF here means it closed (or restarted).
             if reader.at_eof() or writer.is_closing():
                 raise ConnectionResetError("closed by the peer")
