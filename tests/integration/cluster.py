@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,10 +19,39 @@ import aiohttp
 __all__ = ["LocalCluster", "Member", "free_port"]
 
 
+def _ports_below_ephemeral() -> range:
+    """Ports the kernel never picks as the local port of an outgoing connection on this machine."""
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    return range(max(1024, first - 12_000), first)
+
+
+_PORTS = _ports_below_ephemeral()
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port that is free now, for a server this test starts a moment later.
+
+    Chosen below the kernel's ephemeral range: a port the kernel hands out itself (bind to 0) could be taken
+    as the source port of some outgoing connection before the server binds it ("address already in use").
+    Never the same port twice in one test process.
+    """
+    rng = random.Random()
+    for _ in range(10_000):
+        port = rng.choice(_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {_PORTS}")
 
 
 @dataclass

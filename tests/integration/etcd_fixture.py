@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from .cluster import free_port
 
 __all__ = ["SERVERS", "Cluster", "ServerProc", "cluster3", "free_port", "running", "server1"]
 
@@ -41,12 +42,6 @@ def _skip_missing(server: str) -> None:
 
 #: How long a fresh cluster may take to elect a leader and answer.
 READY_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
