@@ -53,6 +53,9 @@ class CountingMachine:
     def restore(self, data: bytes) -> None:
         self.count = int(data)
 
+    def publish(self) -> None:
+        pass
+
 
 async def node_main(args: argparse.Namespace) -> None:
     if args.switch_interval:

@@ -78,12 +78,13 @@ class RequestLatency(Collector):
         #: Route -> [count per bucket (the last one is +Inf)..., sum of seconds].
         self._routes: dict[str, list[float]] = {}
 
-    def observe(self, route: str, seconds: float) -> None:
+    def observe(self, route: str, seconds: float, count: int = 1) -> None:
+        """``count`` observations of ``seconds`` each (a write's watchers, delivered together)."""
         h = self._routes.get(route)
         if h is None:
             h = self._routes[route] = [0.0] * (len(self._buckets) + 2)
-        h[bisect.bisect_left(self._buckets, seconds)] += 1
-        h[-1] += seconds
+        h[bisect.bisect_left(self._buckets, seconds)] += count
+        h[-1] += seconds * count
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._doc, labels=["route"])

@@ -28,6 +28,7 @@ from kvdisco.api.backend import Backend
 from kvdisco.api.v3 import BACKEND_KEY, WATCH_DELIVERY_KEY, error_response, response_header
 from kvdisco.api.watch_flush import (
     WATCH_FLUSHER_KEY,
+    Flusher,
     LiveLineCache,
     WatchStream,
     install,
@@ -108,6 +109,12 @@ class _JsonStream:
             parse = "}" in piece or "]" in piece
 
 
+def _splice(head: bytes, wid: int, tail: bytes) -> bytes:
+    """A shared response's line with one watcher's id; codec.watch_response leaves out a zero
+    watch_id, as etcd's gateway does."""
+    return head + b',"watch_id":"%d"' % wid + tail if wid else head + tail
+
+
 class ResponseEncoder:
     """The bytes of watch responses. A live response is encoded once for all the watchers of a
     member that get the same events tuple (the hub shares one per group and options), with only
@@ -115,10 +122,15 @@ class ResponseEncoder:
     once per watcher. The result is byte for byte what :func:`codec.watch_response` gives.
     """
 
-    def __init__(self, b: Backend, events: EventJsonCache) -> None:
+    def __init__(self, b: Backend, events: EventJsonCache, flusher: Flusher) -> None:
         self._b = b
         self._events = events
         self._cache: LiveLineCache[tuple[bytes, bytes]] = LiveLineCache()
+        #: The last live line's (flusher slice, events, prev_kv, head, tail). The next watchers of the
+        #: same write in the same slice take it without building the cache key: the header's term
+        #: cannot change inside one event-loop callback.
+        self._flusher = flusher
+        self._memo: tuple[int, tuple[Event, ...], bool, bytes, bytes] | None = None
 
     def line(self, wid: int, wr: WatchResponse, prev_kv: bool) -> bytes:
         """One line of the stream for watcher ``wid`` (its stream-local id), newline included."""
@@ -133,6 +145,9 @@ class ResponseEncoder:
                     cancel_reason=wr.cancel_reason,
                 )
             )
+        memo = self._memo
+        if memo is not None and memo[1] is wr.events and memo[2] is prev_kv and memo[0] == self._flusher.slices:
+            return _splice(memo[3], wid, memo[4])
         b = self._b
         key = (id(wr.events), prev_kv, wr.revision, b.raft_term, b.cluster_id)
         hit = self._cache.get(key, wr.events)
@@ -144,8 +159,9 @@ class ResponseEncoder:
             if wr.made_at:  # live: other watchers get the same tuple; history responses are not shared
                 self._cache.put(key, wr.events, hit, len(head) + len(tail))
         head, tail = hit
-        # codec.watch_response leaves out a zero watch_id, as etcd's gateway does.
-        return head + b',"watch_id":"%d"' % wid + tail if wid else head + tail
+        if wr.made_at:
+            self._memo = (self._flusher.slices, wr.events, prev_kv, head, tail)
+        return _splice(head, wid, tail)
 
     @staticmethod
     def result_line(result: dict[str, Any]) -> bytes:
@@ -292,6 +308,5 @@ WATCH_ENCODER_KEY = web.AppKey("watch_encoder", ResponseEncoder)
 
 def add_routes(app: web.Application) -> None:
     app[EVENT_JSON_KEY] = EventJsonCache()
-    app[WATCH_ENCODER_KEY] = ResponseEncoder(app[BACKEND_KEY], app[EVENT_JSON_KEY])
-    install(app)
+    app[WATCH_ENCODER_KEY] = ResponseEncoder(app[BACKEND_KEY], app[EVENT_JSON_KEY], install(app))
     app.router.add_post("/v3/watch", watch)

@@ -102,6 +102,8 @@ class Flusher:
         #: Streams to flush, in the order they were marked (a dict as an ordered set).
         self._dirty: dict[WatchStream, None] = {}
         self._handle: asyncio.Handle | None = None
+        #: Slices run so far: an encoder may keep what it built for as long as this is unchanged.
+        self.slices = 0
 
     def mark(self, stream: WatchStream) -> None:
         self._dirty[stream] = None
@@ -116,6 +118,7 @@ class Flusher:
 
     def _run(self) -> None:
         self._handle = None
+        self.slices += 1
         batch = list(self._dirty)
         self._dirty.clear()
         again: list[WatchStream] = []
@@ -248,7 +251,7 @@ class WatchStream(abc.ABC):
             return False
         parts, self._out = self._out, []
         size = sum(map(len, parts)) if parts else 0
-        made: list[float] = []
+        made: dict[float, int] = {}  # apply time -> responses: a write's watchers share one
         ended: list[int] = []
         more = False
         paused = self._drainer is not None or protocol.writing_paused
@@ -273,7 +276,7 @@ class WatchStream(abc.ABC):
                     parts.append(line)
                     size += len(line)
                     if wr.made_at:
-                        made.append(wr.made_at)
+                        made[wr.made_at] = made.get(wr.made_at, 0) + 1
                     if wr.canceled:  # the watcher's last response (compaction)
                         watcher.set_listener(None)
                         del ready[wid]
@@ -290,8 +293,8 @@ class WatchStream(abc.ABC):
             if made:
                 now = time.perf_counter()
                 observe, route = self._delivery.observe, self.route
-                for t in made:
-                    observe(route, now - t)
+                for t, n in made.items():
+                    observe(route, now - t, n)
         for wid in ended:
             self.watcher_ended(wid)
         if self._ready and self._drainer is None and protocol.writing_paused:

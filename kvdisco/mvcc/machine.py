@@ -116,6 +116,9 @@ class KVMachine:
         except MvccError as exc:
             return ApplyError(exc.code, exc.message)
 
+    def publish(self) -> None:
+        """Nothing to tell: a bare machine has no watchers (``WatchedMachine`` in the API has)."""
+
     def snapshot(self) -> bytes:
         header: bytes = msgpack.packb([MACHINE_SNAPSHOT_FORMAT, self.applied_index])
         return header + self.store.snapshot()

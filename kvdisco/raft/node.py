@@ -118,6 +118,14 @@ class StateMachine(Protocol):
 
     def apply(self, index: int, command: bytes) -> Any: ...
 
+    def publish(self) -> None:
+        """Tell local observers (watchers) what ``apply`` changed since the last call.
+
+        Called once per batch of applied entries, after this member's messages that others wait on
+        (a new commit index, an acknowledgement) are sent: a fan-out to many local watchers then
+        never holds back the cluster's commits, nor the followers' own watchers.
+        """
+
     def snapshot(self) -> bytes: ...
 
     def restore(self, data: bytes) -> None: ...
@@ -726,6 +734,7 @@ class Node:
                 persisted = asyncio.get_running_loop().run_in_executor(self._io, self._persist, rd)
                 if early:
                     self._apply(committed[:early], conf_done)
+                    self.sm.publish()  # the messages went before the fsync, which now leaves the loop idle
                 await persisted
             self.metrics["fsyncs"] += 1
             self.metrics["fsync_seconds_total"] += time.perf_counter() - t0
@@ -755,6 +764,7 @@ class Node:
                     self._reads_waiting_apply.append((rs.index, futs))
         self._release_reads()
         if committed:
+            self.sm.publish()
             await self._maybe_snapshot()
 
     def _persist_inline(self, rd: Ready) -> bool:

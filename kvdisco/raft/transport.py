@@ -120,7 +120,7 @@ class _Peer:
         #: The connection, while its writer task waits on an empty queue with every frame handed to the
         #: kernel: ``write_queued`` may then write the queue itself. None otherwise.
         self.parked: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        #: ``send`` wrote a frame itself since the writer task parked (see :attr:`idle`).
+        #: ``send`` wrote a frame itself in this turn of the event loop (see :attr:`idle`).
         self.wrote_directly = False
         #: Dial even with nothing queued, so the peer hears our HELLO (and learns our client URLs).
         self.greet = False
@@ -128,8 +128,11 @@ class _Peer:
     @property
     def idle(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """The parked connection, if ``send`` may write one frame itself, in order, without waking the
-        writer task (one loop turn less per message on the commit path): once per parked spell."""
+        writer task (one loop turn less per message on the commit path): once per turn of the loop."""
         return None if self.wrote_directly else self.parked
+
+    def allow_direct_write(self) -> None:
+        self.wrote_directly = False
 
 
 def _writable_now(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bool:
@@ -399,9 +402,11 @@ class PeerTransport:
             return False
         conn[1].write(frame)
         self._c.frames_sent += 1
-        # One frame per idle spell: what follows goes through the queue, where the writer task joins the
-        # frames of one loop turn into a single socket write (a system call each costs more under load).
+        # One frame per loop turn: what follows in this turn goes through the queue, where the writer task
+        # joins them into a single socket write (a system call each costs more under load). The next turn
+        # may write directly again: a put's entry and, a round trip later, its commit both skip the task.
         peer.wrote_directly = True
+        asyncio.get_running_loop().call_soon(peer.allow_direct_write)
         return True
 
     def write_queued(self) -> None:

@@ -37,6 +37,9 @@ class ListMachine:
     def restore(self, data: bytes) -> None:
         self.items = data.split(b"\n") if data else []
 
+    def publish(self) -> None:
+        pass
+
 
 class Cluster:
     def __init__(self, root: Path, names: list[str], snapshot_entries: int = 10_000) -> None:

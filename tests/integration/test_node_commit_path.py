@@ -34,6 +34,10 @@ class WatchedCluster(Cluster):
         self.violations: list[str] = []
         self.acks = 0
         self.applied = 0
+        #: Member name -> peer id -> highest commit index sent to that peer.
+        self.commit_sent: dict[str, dict[int, int]] = {}
+        #: Whether every publish must come after the commit of what it publishes was sent to every peer.
+        self.check_publish = False
 
     def config(self, name: str, join: bool = False) -> NodeConfig:
         return dataclasses.replace(super().config(name, join), inline_fsync=self.inline_fsync)
@@ -45,7 +49,9 @@ class WatchedCluster(Cluster):
         self.durable[name] = storage.last_index()
         save, send = storage.save, transport.send
         machine = self.machines[name]
-        apply = machine.apply
+        apply, publish = machine.apply, machine.publish
+        sent = self.commit_sent[name] = {}
+        last_applied = [0]
 
         def watched_save(entries: list[Entry], hard_state: HardState | None) -> None:
             save(entries, hard_state)
@@ -56,6 +62,7 @@ class WatchedCluster(Cluster):
                 self.acks += 1
                 if msg.index > self.durable[name]:
                     self.violations.append(f"{name} acknowledged {msg.index} holding {self.durable[name]} durably")
+            sent[msg.to] = max(sent.get(msg.to, 0), msg.commit)
             send(msg)
 
         def watched_apply(index: int, command: bytes) -> Any:
@@ -63,11 +70,22 @@ class WatchedCluster(Cluster):
             if holders < 2:
                 self.violations.append(f"{name} applied {index} held durably by {holders} member(s)")
             self.applied += 1
+            last_applied[0] = index
             return apply(index, command)
+
+        def watched_publish() -> None:
+            # A leader's fan-out to its own watchers must not hold back the followers' commit (and theirs).
+            if self.check_publish and node.is_leader:
+                peers = [p for p in node.members() if p != node.id]
+                behind = [hex(p) for p in peers if sent.get(p, 0) < last_applied[0]]
+                if behind:
+                    self.violations.append(f"{name} published {last_applied[0]} before sending it to {behind}")
+            publish()
 
         storage.save = watched_save  # type: ignore[method-assign]
         transport.send = watched_send  # type: ignore[method-assign]
         machine.apply = watched_apply  # type: ignore[method-assign]
+        machine.publish = watched_publish  # type: ignore[method-assign]
         return node
 
 
@@ -83,8 +101,11 @@ async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
 
 async def test_acknowledged_and_applied_entries_were_durable_first(cluster: WatchedCluster) -> None:
     lead = await cluster.leader()
+    await cluster.converge()
+    cluster.check_publish = True  # while every follower keeps up, each put's commit leaves before its publish
     for i in range(100):  # one at a time: the leader writes each entry on the loop thread (when inline)
         assert await lead.propose(f"one{i}".encode()) == i + 1
+    cluster.check_publish = False
     # Many at once: with more than two proposals waiting the leader writes on its I/O thread.
     for burst in range(5):
         results = await asyncio.gather(*(lead.propose(f"many{burst}.{i}".encode()) for i in range(64)))

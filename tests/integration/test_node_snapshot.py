@@ -174,6 +174,7 @@ class Slow:
     def apply(self, index, command): self.items.append(command); return len(self.items)
     def snapshot(self): time.sleep(60); return b""
     def restore(self, data): pass
+    def publish(self): pass
 
 async def main():
     url = sys.argv[2]

@@ -10,6 +10,7 @@ import pytest
 from kvdisco.api import v3_codec as codec
 from kvdisco.api.v3 import response_header
 from kvdisco.api.v3_watch import EventJsonCache, ResponseEncoder
+from kvdisco.api.watch_flush import Flusher
 from kvdisco.mvcc import Event, EventType, KeyValue, WatchResponse
 from kvdisco.mvcc.watch import CANCEL_REASON_COMPACTED, _live_response
 
@@ -40,7 +41,7 @@ def expected(b: Any, wid: int, wr: WatchResponse, prev_kv: bool) -> bytes:
 @pytest.mark.parametrize("live", [False, True])
 def test_lines_are_the_codec_s_bytes(wid: int, prev_kv: bool, live: bool) -> None:
     b = backend()
-    enc = ResponseEncoder(b, EventJsonCache())
+    enc = ResponseEncoder(b, EventJsonCache(), Flusher())
     events = (PUT, DELETE)
     wr = _live_response(1, 8, events, 1.0) if live else WatchResponse(1, 8, events)
     assert enc.line(wid, wr, prev_kv) == expected(b, wid, wr, prev_kv)
@@ -57,7 +58,7 @@ def test_lines_are_the_codec_s_bytes(wid: int, prev_kv: bool, live: bool) -> Non
 )
 def test_progress_and_cancel_lines_are_the_codec_s_bytes(wr: WatchResponse) -> None:
     b = backend()
-    enc = ResponseEncoder(b, EventJsonCache())
+    enc = ResponseEncoder(b, EventJsonCache(), Flusher())
     for wid in (0, 4):
         assert enc.line(wid, wr, False) == expected(b, wid, wr, False)
 
@@ -73,12 +74,16 @@ def test_one_events_tuple_is_encoded_once_for_all_watchers() -> None:
         return real(ev, prev_kv)
 
     events_json.encode = counting  # type: ignore[method-assign]
-    enc = ResponseEncoder(b, events_json)
+    flusher = Flusher()
+    enc = ResponseEncoder(b, events_json, flusher)
     shared = (PUT,)
     lines = {enc.line(wid, _live_response(wid, 8, shared, 1.0), False) for wid in range(1, 101)}
     assert len(lines) == 100 and len(calls) == 1
-    # A new term is a new header: encoded again, with the new term.
+    assert lines == {expected(b, wid, _live_response(wid, 8, shared, 1.0), False) for wid in range(1, 101)}
+    # A new term is a new header: encoded again, with the new term. (The term changes only
+    # between two of the flusher's slices, the span of the encoder's last-line memo.)
     b.raft_term = 4
+    flusher.slices += 1
     line = enc.line(1, _live_response(1, 8, shared, 1.0), False)
     assert b'"raft_term":"4"' in line and len(calls) == 2
     # History responses are per watcher: not kept.
