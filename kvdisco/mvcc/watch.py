@@ -249,6 +249,8 @@ class Watcher:
         self.progress_notify = progress_notify
         self._no_put = FILTER_NOPUT in filters
         self._no_delete = FILTER_NODELETE in filters
+        #: Watchers of one group with the same options get the same events tuple from notify.
+        self._options = (prev_kv, self._no_put, self._no_delete)
         # Unsynced: every revision below _cursor is queued or delivered, and history from
         # _cursor on is still to read. Synced: the same holds for max(_cursor, hub's notified
         # revision + 1), and live events come from notify (_cursor above that: a future start).
@@ -517,26 +519,19 @@ class WatchHub:
             shared: dict[tuple[bool, bool, bool], tuple[tuple[Event, ...], int]] = {}
             for w in group.values():
                 if w._synced and revision >= w._cursor:
-                    options = (w.prev_kv, w._no_put, w._no_delete)
-                    selected = shared.get(options)
+                    # (events, approximate bytes), shared by the group's watchers with the same
+                    # options: one tuple for all of them, so a consumer can encode it once.
+                    selected = shared.get(w._options)
                     if selected is None:
-                        selected = shared[options] = _select(w, evs, stripped)
-                    self._deliver(w, revision, selected, made_at)
-
-    def _deliver(self, w: Watcher, revision: int, selected: tuple[tuple[Event, ...], int], made_at: float) -> None:
-        """Queue one revision's events to a synced watcher, or send it to history if they do not fit.
-
-        ``selected`` (events, approximate bytes) is shared by the watchers of a group with the same
-        options: one tuple for all of them, so a consumer can encode it once for all of them.
-        """
-        out, nbytes = selected
-        if not out:
-            w._cursor = revision + 1
-        elif w._fits(len(out), nbytes):
-            w._push(_live_response(w.id, revision, out, made_at), revision, nbytes)
-            w._cursor = revision + 1
-        else:
-            self._unsync(w, revision)
+                        selected = shared[w._options] = _select(w, evs, stripped)
+                    out, nbytes = selected
+                    if not out:
+                        w._cursor = revision + 1
+                    elif not w._queue or w._fits(len(out), nbytes):
+                        w._push(_live_response(w.id, revision, out, made_at), revision, nbytes)
+                        w._cursor = revision + 1
+                    else:  # it does not keep up: it reads history from here
+                        self._unsync(w, revision)
 
     def progress(self, watch_ids: Iterable[int] | None = None) -> tuple[int, ...]:
         """Queue a progress response (no events, ``revision`` = last notified revision).
