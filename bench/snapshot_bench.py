@@ -35,6 +35,7 @@ import msgpack
 from kvdisco.mvcc.commands import RequestCompact, encode_command
 from kvdisco.mvcc.kvstore import RequestPut, RequestTxn
 from kvdisco.mvcc.machine import KVMachine
+from kvdisco.raft.node import wrap_snapshot
 
 TXN_OPS = 128
 
@@ -96,7 +97,7 @@ def fork_encode(m: KVMachine, path: Path) -> None:
         code = 1
         try:
             gc.disable()
-            write_snapshot_file(path, meta, msgpack.packb([1, {}, m.snapshot()], use_bin_type=True))
+            write_snapshot_file(path, meta, wrap_snapshot({}, m.snapshot_parts()))
             code = 0
         finally:
             os._exit(code)
@@ -156,7 +157,7 @@ def main() -> None:
     gc.freeze()
     built = proc_status()
     t1 = time.perf_counter()
-    data = msgpack.packb([1, {}, m.snapshot()], use_bin_type=True)
+    data = b"".join(wrap_snapshot({}, m.snapshot_parts()))
     t2 = time.perf_counter()
     print(
         f"built {args.keys:,} keys (+{args.overwrites:,} overwrites) in {t1 - t0:.1f} s, RSS {built['VmRSS']:.0f} MiB;"

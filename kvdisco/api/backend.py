@@ -113,8 +113,8 @@ class WatchedMachine:
         for revision, events in pending:
             self.hub.notify(revision, events)
 
-    def snapshot(self) -> bytes:
-        return self.machine.snapshot()
+    def snapshot(self) -> list[bytes]:
+        return self.machine.snapshot_parts()
 
     def restore(self, data: bytes) -> None:
         self._unpublished.clear()  # older than the new state: resync sends the watchers to its history

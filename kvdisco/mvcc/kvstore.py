@@ -702,7 +702,14 @@ class KVStore:
     # --- snapshot ---------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole state as bytes, the same on every replica that applied the same entries.
+        """The whole state as bytes, the same on every replica that applied the same entries
+        (:meth:`snapshot_parts`, joined)."""
+        return b"".join(self.snapshot_parts())
+
+    def snapshot_parts(self) -> list[bytes]:
+        """:meth:`snapshot` in pieces, in order: a member writes them to its snapshot file one by
+        one, never holding a store-sized buffer (a copy of a million keys is 160 MiB more to fault
+        in, in the forked child that writes it).
 
         A msgpack map ``{"format": 2, "rev", "compact_rev", "pages": [page, ...], "leases"?}``.
         A page holds the histories of consecutive keys (in key order) as columns, one msgpack array
@@ -729,7 +736,7 @@ class KVStore:
         parts += (packer.pack("pages"), packer.pack_array_header(len(pages)), *pages)
         if self._lessor is not None:
             parts += (packer.pack("leases"), packer.pack(self._lessor.pack()))
-        return b"".join(parts)
+        return parts
 
     def _pack_page(self, keys: list[bytes]) -> bytes:
         hists = list(map(self._history.__getitem__, keys))

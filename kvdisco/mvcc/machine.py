@@ -120,8 +120,12 @@ class KVMachine:
         """Nothing to tell: a bare machine has no watchers (``WatchedMachine`` in the API has)."""
 
     def snapshot(self) -> bytes:
+        return b"".join(self.snapshot_parts())
+
+    def snapshot_parts(self) -> list[bytes]:
+        """:meth:`snapshot` in pieces (see KVStore.snapshot_parts)."""
         header: bytes = msgpack.packb([MACHINE_SNAPSHOT_FORMAT, self.applied_index])
-        return header + self.store.snapshot()
+        return [header, *self.store.snapshot_parts()]
 
     def restore(self, data: bytes | bytearray | memoryview) -> None:
         """Replace the state with a snapshot's. A bad snapshot raises SnapshotError, changes nothing.

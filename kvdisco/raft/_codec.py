@@ -34,6 +34,7 @@ __all__ = [
     "encode_message",
     "encode_snapshot_meta",
     "entry_to_obj",
+    "msgpack_bin_header",
     "obj_to_entry",
     "pack",
     "unpack",
@@ -206,3 +207,15 @@ def encode_message(m: Message) -> bytes:
 
 def decode_message(data: bytes) -> Message:
     return obj_to_message(unpack(data))
+
+
+def msgpack_bin_header(size: int) -> bytes:
+    """The header msgpack writes before ``size`` bytes of bin data (bin 8, 16 or 32, the smallest that
+    fits): with it a caller writes a large bin object in pieces, as ``packb`` would write it whole."""
+    if size < 0 or size >= 1 << 32:
+        raise ValueError(f"msgpack bin data of {size} bytes")
+    if size < 1 << 8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")

@@ -40,7 +40,7 @@ from typing import Any, Protocol, TypeVar
 import msgpack
 
 from . import limits
-from ._codec import decode_conf_change, encode_conf_change
+from ._codec import decode_conf_change, encode_conf_change, msgpack_bin_header
 from ._core import Config
 from ._messages import (
     ConfChange,
@@ -126,9 +126,20 @@ class StateMachine(Protocol):
         never holds back the cluster's commits, nor the followers' own watchers.
         """
 
-    def snapshot(self) -> bytes: ...
+    def snapshot(self) -> bytes | list[bytes]:
+        """The whole state; as a list of pieces (to be concatenated in order), a large state reaches
+        the snapshot file without first being copied into one buffer."""
 
     def restore(self, data: bytes) -> None: ...
+
+
+def wrap_snapshot(members: dict[int, bytes], state: bytes | list[bytes]) -> list[bytes]:
+    """A node's snapshot data, in pieces: ``msgpack.packb([format, members, state])`` once joined,
+    with the state's pieces passed through uncopied."""
+    parts = [state] if isinstance(state, bytes) else state
+    packer = msgpack.Packer(use_bin_type=True)
+    head = packer.pack_array_header(3) + packer.pack(_SNAPSHOT_FORMAT) + packer.pack(members)
+    return [head + msgpack_bin_header(sum(map(len, parts))), *parts]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1019,15 +1030,16 @@ class Node:
             self.rawnode.compact(meta)
             self._snapshot_cache = None  # a snapshot is as large as the store: read it back only to send it
 
-    def _encode_snapshot(self) -> bytes:
-        """The state machine's snapshot, wrapped with what we know of the members.
+    def _encode_snapshot(self) -> list[bytes]:
+        """The state machine's snapshot, wrapped with what we know of the members, in pieces:
+        ``msgpack.packb([format, members, state])``, joined, with the state never copied.
 
         Their addresses live in conf change entries, which compaction deletes; without this a
         restarted node could no longer reach a member added after the bootstrap.
         """
         cs = self.rawnode.conf_state()
         members = {nid: self._members[nid].encode() for nid in cs.voters | cs.learners if nid in self._members}
-        return msgpack.packb([_SNAPSHOT_FORMAT, members, self.sm.snapshot()], use_bin_type=True)
+        return wrap_snapshot(members, self.sm.snapshot())
 
     def _restore_snapshot(self, data: bytes) -> None:
         try:

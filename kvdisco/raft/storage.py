@@ -14,7 +14,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -280,8 +280,9 @@ def _write_file(path: str, chunks: list[bytes], preallocate: int = 0) -> None:
     _fsync_dir(os.path.dirname(path))
 
 
-def write_snapshot_file(path: str | os.PathLike[str], meta: SnapshotMeta, data: bytes) -> None:
-    """Write a whole snapshot file (header, meta, data) at ``path`` and fsync it.
+def write_snapshot_file(path: str | os.PathLike[str], meta: SnapshotMeta, data: bytes | Sequence[bytes]) -> None:
+    """Write a whole snapshot file (header, meta, data) at ``path`` and fsync it. ``data`` may come
+    in pieces, written in order as if joined: a store-sized buffer need never exist.
 
     For a process that encodes a snapshot away from the log's owner (a forked child): the owner
     then installs the file with :meth:`DiskStorage.install_snapshot`, which only renames it, so
@@ -291,16 +292,23 @@ def write_snapshot_file(path: str | os.PathLike[str], meta: SnapshotMeta, data: 
     The data goes to disk SNAPSHOT_SYNC_BYTES at a time, each step synced before the next one is
     written, so a WAL fsync on the same disk never queues behind the whole file.
     """
+    parts = [data] if isinstance(data, bytes) else data
     meta_bytes = encode_snapshot_meta(meta)
-    crc = zlib.crc32(data, zlib.crc32(meta_bytes))
+    crc = zlib.crc32(meta_bytes)
+    for part in parts:
+        crc = zlib.crc32(part, crc)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        _write_all(fd, _SNAP_HEADER.pack(_SNAP_MAGIC, crc, len(meta_bytes), len(data)) + meta_bytes)
-        with memoryview(data) as view:
-            for start in range(0, len(view), SNAPSHOT_SYNC_BYTES):
-                if start:
-                    os.fdatasync(fd)
-                _write_all(fd, view[start : start + SNAPSHOT_SYNC_BYTES])
+        _write_all(fd, _SNAP_HEADER.pack(_SNAP_MAGIC, crc, len(meta_bytes), sum(map(len, parts))) + meta_bytes)
+        unsynced = 0
+        for part in parts:
+            with memoryview(part) as view:
+                for start in range(0, len(view), SNAPSHOT_SYNC_BYTES):
+                    if unsynced >= SNAPSHOT_SYNC_BYTES:
+                        os.fdatasync(fd)
+                        unsynced = 0
+                    _write_all(fd, view[start : start + SNAPSHOT_SYNC_BYTES])
+                    unsynced += min(SNAPSHOT_SYNC_BYTES, len(view) - start)
         os.fsync(fd)
     finally:
         os.close(fd)

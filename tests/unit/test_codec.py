@@ -18,6 +18,7 @@ from kvdisco.raft._codec import (
     encode_hard_state,
     encode_message,
     encode_snapshot_meta,
+    msgpack_bin_header,
 )
 from kvdisco.raft._messages import (
     ConfChange,
@@ -113,3 +114,18 @@ def test_well_formed_msgpack_of_the_wrong_shape_raises_value_error(obj: object) 
 def test_specific_malformed_messages(bad: list[object]) -> None:
     with pytest.raises(ValueError):
         decode_message(msgpack.packb(bad, use_bin_type=True))
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 70_000])
+def test_a_bin_header_is_the_one_packb_writes(size: int) -> None:
+    data = bytes(size)
+    assert msgpack_bin_header(size) + data == msgpack.packb(data, use_bin_type=True)
+
+
+@pytest.mark.parametrize("state", [b"", b"abc", [b"a", b"", b"b" * 300], [b"x" * 70_000, b"y"]])
+def test_a_wrapped_snapshot_in_pieces_is_the_packed_one(state: bytes | list[bytes]) -> None:
+    from kvdisco.raft.node import wrap_snapshot
+
+    members = {7: b"m7", 9: b"m9"}
+    joined = state if isinstance(state, bytes) else b"".join(state)
+    assert b"".join(wrap_snapshot(members, state)) == msgpack.packb([1, members, joined], use_bin_type=True)

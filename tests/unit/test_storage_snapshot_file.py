@@ -3,6 +3,7 @@ segment read only up to its written data."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -172,3 +173,20 @@ def test_a_snapshot_written_in_synced_steps_reads_back_whole(
     s.close()
     s = DiskStorage.open(tmp_path)
     assert s.load_snapshot_data() == data
+
+
+@pytest.mark.parametrize("cuts", [[], [0, 0], [1, 2, 700], [1023, 1024, 2048], [3000, 5 * 1024 + 7]])
+def test_a_snapshot_in_pieces_writes_the_file_of_the_joined_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cuts: list[int]
+) -> None:
+    """A member hands the store's pages over one by one: the file is that of their concatenation."""
+    import kvdisco.raft.storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "SNAPSHOT_SYNC_BYTES", 1024)
+    meta = SnapshotMeta(5, 1, ConfState(frozenset({1})))
+    data = bytes(i % 251 for i in range(5 * 1024 + 7))
+    bounds = [0, *cuts, len(data)]
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    write_snapshot_file(tmp_path / "pieces", meta, pieces)
+    write_snapshot_file(tmp_path / "whole", meta, data)
+    assert (tmp_path / "pieces").read_bytes() == (tmp_path / "whole").read_bytes()
