@@ -13,7 +13,10 @@ Steps, in one run:
    --load-seconds; the keys actually loaded are reported, never extrapolated.
 3. RSS (VmRSS, and the peak VmHWM) of every member, and the size of its wal/ and snap/ directories.
 4. Put/range throughput at that size (closed loop, --load-conns clients, --seconds each; puts for
-   --put-seconds if given, on the empty store too). Each window prints the requests answered and
+   --put-seconds if given, on the empty store too), once the load's last snapshots are written (the
+   members' snapshot children have exited; waited for up to --settle-limit, and reported). A window
+   long enough to hold one of the periodic snapshots a steady load takes (every 100,000 entries at
+   most) shows their cost too: --put-seconds 90. Each window prints the requests answered and
    the slowest in each of its seconds, and per member what happened meanwhile (WindowMonitor): CPU
    seconds, minor page faults, snapshots taken, compaction, full collections, the seconds its
    snapshot child ran and that child's CPU, and the CPU other processes on the machine took.
@@ -592,6 +595,18 @@ async def steady(
             "rss_change_mib": drift}  # fmt: skip
 
 
+async def settle(c: Cluster, limit_s: float) -> dict[str, Any]:
+    """Wait (up to ``limit_s``) until no member's snapshot child runs: a bulk load leaves its last
+    snapshots being written for a while after it ends, and a throughput window measures the store's
+    size, not the load's tail. Returns how long that took, and whether any child was still running."""
+    t0 = time.monotonic()
+    while any(child_pids(m.pid) for m in c.members if m.proc is not None and m.proc.poll() is None):
+        if time.monotonic() - t0 >= limit_s:
+            return {"seconds": round(time.monotonic() - t0, 1), "children_still_running": True}
+        await asyncio.sleep(0.5)
+    return {"seconds": round(time.monotonic() - t0, 1), "children_still_running": False}
+
+
 async def window(
     s: aiohttp.ClientSession,
     c: Cluster,
@@ -642,7 +657,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         # Empty store: a small key set so puts overwrite and ranges hit.
         small = 1000
         await load(s, leader.client_url, small, value, args.clients, 60)
-        res["empty"] = {"memory": memory(c)}
+        res["empty"] = {"memory": memory(c), "settle": await settle(c, args.settle_limit)}
         for kind in ("put", "range"):
             res["empty"][kind] = await window(s, c, leader.client_url, kind, small, value, args, "empty")
 
@@ -650,7 +665,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         res["load"] = await load(s, leader.client_url, args.keys, value, args.clients, args.load_seconds)
         n = res["load"]["keys"]
         print(f"load: {res['load']}", flush=True)
-        res["loaded"] = {"memory": memory(c), "gc_before": await gc_stats(s, c)}
+        res["loaded"] = {"settle": await settle(c, args.settle_limit)}
+        print(f"snapshot children of the load finished: {res['loaded']['settle']}", flush=True)
+        res["loaded"].update(memory=memory(c), gc_before=await gc_stats(s, c))
         for kind in ("put", "range"):
             res["loaded"][kind] = await window(s, c, leader.client_url, kind, n, value, args, "loaded")
         res["loaded"]["memory_after_throughput"] = memory(c)
@@ -767,6 +784,12 @@ def main() -> None:
         help="put windows (empty and loaded) last this long (default --seconds)",
     )
     p.add_argument("--skip-recovery", action="store_true", help="stop after the throughput at scale")
+    p.add_argument(
+        "--settle-limit",
+        type=float,
+        default=120.0,
+        help="before each throughput pair, wait up to this long for the members' snapshot children to finish",
+    )
     p.add_argument("--load-seconds", type=float, default=1200.0, help="stop loading after this long")
     p.add_argument("--recovery-limit", type=float, default=300.0, help="give up on restart/catch-up after this")
     p.add_argument("--steady-minutes", type=float, default=3.0)
