@@ -94,6 +94,12 @@ SNAPSHOT_GROWTH = 1.0
 #: Snapshot files smaller than this are cheap enough to take every SNAPSHOT_ENTRIES entries.
 SNAPSHOT_CHEAP_BYTES = 8 * 1024 * 1024
 
+#: Members apply the same entries, so the same thresholds would have them all take their large snapshots
+#: at one moment, each child slowing its member at once (a quorum's worth of slow members). A member's
+#: first such snapshot after it starts comes this fraction of a period early per place of its id among
+#: the members (0, 1/4, 1/2 of a period with three): their periods then stay apart.
+SNAPSHOT_STAGGER = 0.75
+
 #: prctl option (Linux): the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
 
@@ -285,6 +291,9 @@ class Node:
         self._snapshot_cache: tuple[int, bytes] | None = None
         #: Bytes of entries applied since the last snapshot taken here (see SNAPSHOT_BYTES).
         self._applied_bytes = 0
+        #: The part of the large-snapshot thresholds waived before this member's first snapshot since it
+        #: started (see SNAPSHOT_STAGGER); None until known, 0.0 once that snapshot is taken.
+        self._snapshot_stagger: float | None = None
         #: A snapshot is being taken (by a forked child, see _maybe_snapshot); the one saved, to compact to.
         self._snapshotting = False
         self._snapshot_task: asyncio.Future[None] | None = None
@@ -904,12 +913,13 @@ class Node:
         cfg, storage = self.config, self._storage
         entries, applied_bytes = log_.applied - log_.snapshot.index, self._applied_bytes
         snapshot_bytes = storage.snapshot_file_bytes if storage is not None else 0
+        part = 1.0 - self._stagger()
         due = (
-            applied_bytes >= cfg.snapshot_bytes
-            or entries >= max(cfg.snapshot_entries, SNAPSHOT_ENTRIES_MAX)
+            applied_bytes >= cfg.snapshot_bytes * part
+            or entries >= max(cfg.snapshot_entries, SNAPSHOT_ENTRIES_MAX) * part
             or (
                 entries >= cfg.snapshot_entries
-                and (snapshot_bytes < SNAPSHOT_CHEAP_BYTES or applied_bytes >= snapshot_bytes * SNAPSHOT_GROWTH)
+                and (snapshot_bytes < SNAPSHOT_CHEAP_BYTES or applied_bytes >= snapshot_bytes * SNAPSHOT_GROWTH * part)
             )
         )
         if not due or entries <= 0:
@@ -920,12 +930,22 @@ class Node:
         meta = SnapshotMeta(log_.applied, term, rn.conf_state())
         self._snapshotting = True
         self._applied_bytes = 0
+        self._snapshot_stagger = 0.0
         if self.config.snapshot_in_child and hasattr(os, "fork"):
             pending = self._encode_in_child(meta)
             task = asyncio.ensure_future(self._save_snapshot(meta, pending))
             self._snapshot_task = task
         else:
             await self._save_snapshot(meta, None)
+
+    def _stagger(self) -> float:
+        """This member's head start on its first large snapshot since it started (SNAPSHOT_STAGGER)."""
+        if self._snapshot_stagger is None:
+            cs = self.rawnode.conf_state()
+            members = sorted(cs.voters | cs.learners)
+            place = members.index(self.id) if self.id in members else 0
+            self._snapshot_stagger = SNAPSHOT_STAGGER * place / max(1, len(members))
+        return self._snapshot_stagger
 
     async def _save_snapshot(self, meta: SnapshotMeta, child: tuple[int, str] | None) -> None:
         """Get the snapshot file written (by the child, or here), then install it on the I/O thread.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import os
 import sys
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from kvdisco.raft import Node, NodeConfig
+from kvdisco.raft import Node, NodeConfig, member_id
 from kvdisco.raft import node as node_module
 from kvdisco.raft.storage import DiskStorage
 
 from .cluster import free_port
-from .test_node_api import ListMachine  # its snapshot is every command: the state grows with the log
+from .test_node_api import Cluster, ListMachine  # its snapshot is every command: the state grows with the log
 
 ELECTION_TICKS = 20
 
@@ -167,7 +168,7 @@ async def test_the_snapshot_child_holds_none_of_the_members_sockets(tmp_path: Pa
 _MEMBER_WITH_SLOW_SNAPSHOTS = """
 import asyncio, sys, time
 from pathlib import Path
-from kvdisco.raft import Node, NodeConfig
+from kvdisco.raft import Node, NodeConfig, member_id
 
 class Slow:
     def __init__(self): self.items = []
@@ -223,3 +224,37 @@ async def test_a_member_killed_takes_its_snapshot_child_along(tmp_path: Path) ->
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+class StaggeredCluster(Cluster):
+    """Three members whose snapshots come from the bytes bound alone (see SNAPSHOT_STAGGER)."""
+
+    def config(self, name: str, join: bool = False) -> NodeConfig:
+        return dataclasses.replace(super().config(name, join), snapshot_bytes=2_000, snapshot_entries=100_000)
+
+
+async def test_members_take_their_large_snapshots_apart(tmp_path: Path) -> None:
+    """The same entries and thresholds would have every member snapshot at once; the first snapshot of
+    each comes a quarter of a period earlier per place of its id among the three."""
+    cluster = StaggeredCluster(tmp_path, ["a", "b", "c"])
+    for name in cluster.peers:
+        await cluster.start(name)
+    first: dict[str, int] = {}
+    try:
+        lead = await cluster.leader()
+        for i in range(40):
+            await lead.propose(b"%099d" % i)  # 100 bytes: 20 entries to the bound, 5 to a quarter of it
+            await cluster.converge()
+            for name, node in cluster.nodes.items():
+                await settle(node)
+                index = node.rawnode.raft.log.snapshot.index
+                if index and name not in first:
+                    first[name] = index
+    finally:
+        for name in list(cluster.nodes):
+            await cluster.stop(name)
+    by_place = [first[name] for _, name in sorted((member_id(name), name) for name in first)]
+    assert len(by_place) == 3, first
+    # The last in id order waives half a period, the middle one a quarter: about 10 and 5 entries sooner.
+    assert by_place[2] < by_place[1] < by_place[0], first
+    assert by_place[0] - by_place[2] >= 8, first
