@@ -95,9 +95,10 @@ SNAPSHOT_GROWTH = 1.0
 SNAPSHOT_CHEAP_BYTES = 8 * 1024 * 1024
 
 #: Members apply the same entries, so the same thresholds would have them all take their large snapshots
-#: at one moment, each child slowing its member at once (a quorum's worth of slow members). A member's
-#: first such snapshot after it starts comes this fraction of a period early per place of its id among
-#: the members (0, 1/4, 1/2 of a period with three): their periods then stay apart.
+#: at one moment, each child slowing its member at once (a quorum's worth of slow members). Each member is
+#: offset by this fraction of a period per place of its id among the members (0, 1/4 and 1/2 of a period
+#: with three): the SNAPSHOT_ENTRIES_MAX bound falls at log indexes offset by as much, and the first
+#: snapshot after a start under the bytes bound or the growth rule comes as much earlier.
 SNAPSHOT_STAGGER = 0.75
 
 #: prctl option (Linux): the signal a process gets when its parent dies.
@@ -291,9 +292,10 @@ class Node:
         self._snapshot_cache: tuple[int, bytes] | None = None
         #: Bytes of entries applied since the last snapshot taken here (see SNAPSHOT_BYTES).
         self._applied_bytes = 0
-        #: The part of the large-snapshot thresholds waived before this member's first snapshot since it
-        #: started (see SNAPSHOT_STAGGER); None until known, 0.0 once that snapshot is taken.
+        #: This member's offset, as a fraction of a period (see SNAPSHOT_STAGGER); None until known.
         self._snapshot_stagger: float | None = None
+        #: No snapshot taken since this member started: the bytes bound and growth rule start offset.
+        self._first_snapshot = True
         #: A snapshot is being taken (by a forked child, see _maybe_snapshot); the one saved, to compact to.
         self._snapshotting = False
         self._snapshot_task: asyncio.Future[None] | None = None
@@ -899,7 +901,7 @@ class Node:
         Enough: SNAPSHOT_BYTES of entries or SNAPSHOT_ENTRIES_MAX entries (a restart replays no more),
         else the configured snapshot_entries and, for a snapshot file above SNAPSHOT_CHEAP_BYTES, as
         many bytes of entries as SNAPSHOT_GROWTH times that file (a snapshot is paid for by the log it
-        saves replaying).
+        saves replaying). Each member is offset from the others (SNAPSHOT_STAGGER).
 
         The encoding runs in a forked child (see _encode_in_child): it sees the state of this instant,
         copy-on-write, while this process goes on applying and answering. Encoding a large store here
@@ -913,10 +915,13 @@ class Node:
         cfg, storage = self.config, self._storage
         entries, applied_bytes = log_.applied - log_.snapshot.index, self._applied_bytes
         snapshot_bytes = storage.snapshot_file_bytes if storage is not None else 0
-        part = 1.0 - self._stagger()
+        stagger = self._stagger()
+        part = 1.0 - stagger if self._first_snapshot else 1.0
+        period = max(cfg.snapshot_entries, SNAPSHOT_ENTRIES_MAX)
+        offset = int(stagger * period)
         due = (
             applied_bytes >= cfg.snapshot_bytes * part
-            or entries >= max(cfg.snapshot_entries, SNAPSHOT_ENTRIES_MAX) * part
+            or (log_.applied + offset) // period > (log_.snapshot.index + offset) // period
             or (
                 entries >= cfg.snapshot_entries
                 and (snapshot_bytes < SNAPSHOT_CHEAP_BYTES or applied_bytes >= snapshot_bytes * SNAPSHOT_GROWTH * part)
@@ -930,7 +935,7 @@ class Node:
         meta = SnapshotMeta(log_.applied, term, rn.conf_state())
         self._snapshotting = True
         self._applied_bytes = 0
-        self._snapshot_stagger = 0.0
+        self._first_snapshot = False
         if self.config.snapshot_in_child and hasattr(os, "fork"):
             pending = self._encode_in_child(meta)
             task = asyncio.ensure_future(self._save_snapshot(meta, pending))
@@ -939,7 +944,8 @@ class Node:
             await self._save_snapshot(meta, None)
 
     def _stagger(self) -> float:
-        """This member's head start on its first large snapshot since it started (SNAPSHOT_STAGGER)."""
+        """This member's snapshot offset, a fraction of a period (SNAPSHOT_STAGGER), from its place
+        among the members when first asked."""
         if self._snapshot_stagger is None:
             cs = self.rawnode.conf_state()
             members = sorted(cs.voters | cs.learners)

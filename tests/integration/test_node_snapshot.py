@@ -227,34 +227,57 @@ async def test_a_member_killed_takes_its_snapshot_child_along(tmp_path: Path) ->
 
 
 class StaggeredCluster(Cluster):
-    """Three members whose snapshots come from the bytes bound alone (see SNAPSHOT_STAGGER)."""
+    """Three members whose large snapshots come from one bound only (see SNAPSHOT_STAGGER)."""
+
+    def __init__(self, root: Path, **config: int) -> None:
+        super().__init__(root, ["a", "b", "c"])
+        self.extra = config
 
     def config(self, name: str, join: bool = False) -> NodeConfig:
-        return dataclasses.replace(super().config(name, join), snapshot_bytes=2_000, snapshot_entries=100_000)
+        return dataclasses.replace(super().config(name, join), **self.extra)  # type: ignore[arg-type]
 
 
-async def test_members_take_their_large_snapshots_apart(tmp_path: Path) -> None:
-    """The same entries and thresholds would have every member snapshot at once; the first snapshot of
-    each comes a quarter of a period earlier per place of its id among the three."""
-    cluster = StaggeredCluster(tmp_path, ["a", "b", "c"])
+async def snapshot_indexes(cluster: StaggeredCluster, puts: int) -> list[list[int]]:
+    """The indexes each member snapshotted at, members in id order, proposing one 100-byte entry at a time."""
+    taken: dict[str, list[int]] = {name: [] for name in cluster.peers}
     for name in cluster.peers:
         await cluster.start(name)
-    first: dict[str, int] = {}
     try:
         lead = await cluster.leader()
-        for i in range(40):
-            await lead.propose(b"%099d" % i)  # 100 bytes: 20 entries to the bound, 5 to a quarter of it
+        for i in range(puts):
+            await lead.propose(b"%099d" % i)
             await cluster.converge()
             for name, node in cluster.nodes.items():
                 await settle(node)
                 index = node.rawnode.raft.log.snapshot.index
-                if index and name not in first:
-                    first[name] = index
+                if index and index not in taken[name]:
+                    taken[name].append(index)
     finally:
         for name in list(cluster.nodes):
             await cluster.stop(name)
-    by_place = [first[name] for _, name in sorted((member_id(name), name) for name in first)]
-    assert len(by_place) == 3, first
-    # The last in id order waives half a period, the middle one a quarter: about 10 and 5 entries sooner.
-    assert by_place[2] < by_place[1] < by_place[0], first
-    assert by_place[0] - by_place[2] >= 8, first
+    return [taken[name] for _, name in sorted((member_id(name), name) for name in taken)]
+
+
+async def test_members_take_their_first_large_snapshot_apart(tmp_path: Path) -> None:
+    """The same entries and thresholds would have every member snapshot at once; under the bytes
+    bound the first snapshot of each comes a quarter of a period earlier per place of its id."""
+    first = [t[0] for t in await snapshot_indexes(StaggeredCluster(tmp_path, snapshot_bytes=2_000), 40)]
+    # 100-byte entries, 20 to the bound: the last in id order waives half, about 10 entries sooner.
+    assert first[2] < first[1] < first[0] and first[0] - first[2] >= 8, first
+
+
+async def test_members_keep_apart_under_the_entries_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under SNAPSHOT_ENTRIES_MAX alone each member snapshots at its own log indexes, every time, and
+    never replays more than the bound."""
+    monkeypatch.setattr(node_module, "SNAPSHOT_ENTRIES_MAX", 20)
+    monkeypatch.setattr(node_module, "SNAPSHOT_CHEAP_BYTES", 0)  # every snapshot is large
+    monkeypatch.setattr(node_module, "SNAPSHOT_GROWTH", 1000.0)  # and the growth rule never fires
+    taken = await snapshot_indexes(StaggeredCluster(tmp_path, snapshot_entries=10), 70)
+    assert all(len(t) >= 4 for t in taken), taken
+    for t in taken:
+        assert all(b - a <= 20 for a, b in itertools.pairwise(t)), taken
+    # The first snapshot (there is no file yet to weigh against) comes at --snapshot-count for all; after
+    # it, offsets of 0, 5 and 10 entries: no two members snapshot at the same index.
+    later = [set(t[1:]) for t in taken]
+    assert not (later[0] & later[1] or later[1] & later[2] or later[0] & later[2]), taken
+    assert [t[-1] % 20 for t in taken] == [0, 15, 10], taken
