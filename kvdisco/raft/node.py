@@ -97,8 +97,9 @@ SNAPSHOT_CHEAP_BYTES = 8 * 1024 * 1024
 #: Members apply the same entries, so the same thresholds would have them all take their large snapshots
 #: at one moment, each child slowing its member at once (a quorum's worth of slow members). Each member is
 #: offset by this fraction of a period per place of its id among the members (0, 1/4 and 1/2 of a period
-#: with three): the SNAPSHOT_ENTRIES_MAX bound falls at log indexes offset by as much, and the first
-#: snapshot after a start under the bytes bound or the growth rule comes as much earlier.
+#: with three): the SNAPSHOT_ENTRIES_MAX bound falls at log indexes offset by as much (at least a quarter
+#: of a period after the member's last snapshot), and the first snapshot after a start under the bytes
+#: bound or the growth rule comes as much earlier.
 SNAPSHOT_STAGGER = 0.75
 
 #: prctl option (Linux): the signal a process gets when its parent dies.
@@ -921,7 +922,9 @@ class Node:
         offset = int(stagger * period)
         due = (
             applied_bytes >= cfg.snapshot_bytes * part
-            or (log_.applied + offset) // period > (log_.snapshot.index + offset) // period
+            # The entries bound falls at this member's own offset in the log; a crossing just after a
+            # snapshot taken for the bytes bound is skipped (a restart replays 1.25 periods at most).
+            or ((log_.applied + offset) // period > (log_.snapshot.index + offset) // period and entries >= period // 4)
             or (
                 entries >= cfg.snapshot_entries
                 and (snapshot_bytes < SNAPSHOT_CHEAP_BYTES or applied_bytes >= snapshot_bytes * SNAPSHOT_GROWTH * part)
