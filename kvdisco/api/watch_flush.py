@@ -6,8 +6,9 @@ A write seen by N watchers must cost N socket writes at most, and no task wake-u
   have something; the stream marks itself dirty with the member's :class:`Flusher`;
 * the flusher runs one event-loop callback that calls :meth:`WatchStream.flush` on every dirty
   stream, in slices of :data:`FLUSH_SLICE_S`, starting one loop turn after the first mark, so
-  the Raft loop (the new commit index to the followers) and the callers' answers never wait
-  for a whole fan-out, nor for its first slice;
+  the Raft loop and the callers' answers never wait for a whole fan-out, nor for its first
+  slice (the hub itself hears of a write only after the new commit index went to the
+  followers: see ``StateMachine.publish``);
 * a stream's flush takes what its ready watchers have (:meth:`Watcher.poll`), encodes each
   response (the route's :meth:`WatchStream.encode`), and writes them all to the socket in one
   chunk, synchronously. A stream carrying many watchers thus costs one ``send()`` per flush;
@@ -93,9 +94,8 @@ class Flusher:
     per slice of writes for all of them, instead of a task wake-up per watcher per write.
 
     A slice lasts at most :data:`FLUSH_SLICE_S`, then the rest waits for the next turn of the
-    loop: a fan-out to a thousand watchers takes milliseconds, and the Raft loop's next step
-    (sending the new commit index to the followers, whose own watchers wait for it) and the
-    callers' answers must not wait for all of it.
+    loop: a fan-out to a thousand watchers takes milliseconds, and the Raft loop's next steps
+    and the callers' answers must not wait for all of it.
     """
 
     def __init__(self) -> None:
@@ -112,8 +112,7 @@ class Flusher:
 
     def _start(self) -> None:
         """The first slice waits one more turn of the loop: what was ready when the streams were
-        marked (the Raft loop sending the new commit index to the followers, whose own watchers
-        wait for it; the callers' answers) goes first."""
+        marked (the Raft loop's next Ready, the callers' answers) goes first."""
         self._handle = asyncio.get_running_loop().call_soon(self._run)
 
     def _run(self) -> None:
