@@ -178,11 +178,15 @@ class WatchStats:
 
 @dataclass(slots=True)
 class _Item:
-    resp: WatchResponse
+    #: None for a live write's item, one for all the watchers of a group with the same options:
+    #: :meth:`Watcher.poll` makes each watcher's response from ``live`` and ``made_at``.
+    resp: WatchResponse | None
     #: The watcher's cursor before this response: the resume point while it is undelivered.
     first_rev: int
     events: int
     nbytes: int
+    live: tuple[Event, ...] = ()
+    made_at: float = 0.0
 
 
 def _event_bytes(ev: Event) -> int:
@@ -329,7 +333,8 @@ class Watcher:
         item = queue.popleft()
         self._queued_events -= item.events
         self._queued_bytes -= item.nbytes
-        return item.resp
+        resp = item.resp
+        return _live_response(self.id, item.first_rev, item.live, item.made_at) if resp is None else resp
 
     async def next(self) -> WatchResponse | None:
         """The next response, waiting for one; None once the watcher has ended."""
@@ -385,9 +390,12 @@ class Watcher:
         return not (self._no_put if ev.type == EventType.PUT else self._no_delete)
 
     def _push(self, resp: WatchResponse, first_rev: int, nbytes: int) -> None:
-        self._queue.append(_Item(resp, first_rev, len(resp.events), nbytes))
-        self._queued_events += len(resp.events)
-        self._queued_bytes += nbytes
+        self._push_item(_Item(resp, first_rev, len(resp.events), nbytes))
+
+    def _push_item(self, item: _Item) -> None:
+        self._queue.append(item)
+        self._queued_events += item.events
+        self._queued_bytes += item.nbytes
         self._signal()
 
     def _signal(self) -> None:
@@ -540,19 +548,21 @@ class WatchHub:
         made_at = time.perf_counter()
         stripped: dict[int, Event] = {}
         for group, evs in hits.values():
-            shared: dict[tuple[bool, bool, bool], tuple[tuple[Event, ...], int]] = {}
+            # One queue item per options, shared by the group's watchers that have them: one events
+            # tuple for all (a consumer encodes it once), and no object per watcher per write.
+            shared: dict[tuple[bool, bool, bool], _Item | None] = {}
             for w in group.values():
                 if w._synced and revision >= w._cursor:
-                    # (events, approximate bytes), shared by the group's watchers with the same
-                    # options: one tuple for all of them, so a consumer can encode it once.
-                    selected = shared.get(w._options)
-                    if selected is None:
-                        selected = shared[w._options] = _select(w, evs, stripped)
-                    out, nbytes = selected
-                    if not out:
+                    options = w._options
+                    if options in shared:
+                        item = shared[options]
+                    else:
+                        out, nbytes = _select(w, evs, stripped)
+                        item = shared[options] = _Item(None, revision, len(out), nbytes, out, made_at) if out else None
+                    if item is None:  # nothing it wants in this write
                         w._cursor = revision + 1
-                    elif not w._queue or w._fits(len(out), nbytes):
-                        w._push(_live_response(w.id, revision, out, made_at), revision, nbytes)
+                    elif not w._queue or w._fits(item.events, item.nbytes):
+                        w._push_item(item)
                         w._cursor = revision + 1
                     else:  # it does not keep up: it reads history from here
                         self._unsync(w, revision)
@@ -575,7 +585,8 @@ class WatchHub:
             if not w._synced or w._cursor > rev + 1:
                 continue
             resp = WatchResponse(w.id, rev)
-            if w._queue and w._queue[-1].resp.is_progress_notify:
+            last = w._queue[-1].resp if w._queue else None
+            if last is not None and last.is_progress_notify:
                 w._queue[-1] = _Item(resp, rev + 1, 0, 0)
             else:
                 w._push(resp, rev + 1, 0)

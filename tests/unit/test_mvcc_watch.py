@@ -483,6 +483,21 @@ def test_watchers_with_the_same_options_share_one_events_tuple() -> None:
     assert {r.watch_id for r in ra} == {a.id} and {r.watch_id for r in rb} == {b.id}
 
 
+def test_a_progress_after_a_queued_live_write_comes_after_it() -> None:
+    """A live write's queue item is shared by its watchers; a progress response queued behind it is the
+    watcher's own, and each watcher still reads its own responses, in order."""
+    log = Log()
+    a = log.hub.watch(b"k", prefix_end(b"k"), progress_notify=True)
+    b = log.hub.watch(b"k", prefix_end(b"k"), progress_notify=True)
+    log.put(b"k1", b"one")
+    assert sorted(log.hub.progress()) == sorted([a.id, b.id])
+    assert sorted(log.hub.progress()) == sorted([a.id, b.id])  # replaces the last progress, not the write
+    for w in (a, b):
+        got = drain(w)
+        assert [(r.watch_id, len(r.events)) for r in got] == [(w.id, 1), (w.id, 0)]
+        assert got[0].revision == got[1].revision
+
+
 def test_a_live_response_is_the_constructed_one() -> None:
     from dataclasses import FrozenInstanceError
 
