@@ -152,7 +152,7 @@ def _live_response(watch_id: int, revision: int, events: tuple[Event, ...], made
     """``WatchResponse(watch_id, revision, events, made_at=made_at)`` at a third of the cost.
 
     A frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field (about 2 us);
-    :meth:`WatchHub.notify` makes one response per watcher per write, so at a thousand watchers
+    :meth:`Watcher.poll` makes one response per watcher per live write, so at a thousand watchers
     that is milliseconds per write. The slots are set directly instead; a unit test checks the
     result equals the one the constructor makes.
     """
@@ -277,7 +277,7 @@ class Watcher:
         self.progress_notify = progress_notify
         self._no_put = FILTER_NOPUT in filters
         self._no_delete = FILTER_NODELETE in filters
-        #: Watchers of one group with the same options get the same events tuple from notify.
+        #: Watchers of one group with the same options share a write's queue item (see WatchHub.notify).
         self._options = (prev_kv, self._no_put, self._no_delete)
         # Unsynced: every revision below _cursor is queued or delivered, and history from
         # _cursor on is still to read. Synced: the same holds for max(_cursor, hub's notified
