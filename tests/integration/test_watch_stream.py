@@ -80,6 +80,25 @@ def create(key: bytes, range_end: bytes = b"", **more: Any) -> dict[str, Any]:
     return {"create_request": req}
 
 
+async def put_while_one_keeps_up(
+    session: aiohttp.ClientSession, m: Member, fast: Stream, puts: int, value: bytes
+) -> list[int]:
+    """Put ``puts`` keys under big/, checking after each that the ``fast`` stream got it at once; the revisions."""
+    revs = []
+    for i in range(puts):
+        revs.append(await put(session, m, b"big/%03d" % i, value))
+        r = await fast.result()
+        assert [int(ev["kv"]["mod_revision"]) for ev in r["events"]] == [revs[-1]]
+    return revs
+
+
+async def unsynced_watchers(session: aiohttp.ClientSession, m: Member) -> float:
+    """The member's ``kvdisco_watchers_unsynced`` gauge: watchers reading history, not live events."""
+    async with session.get(m.client_url + "/metrics") as resp:
+        metrics = await resp.text()
+    return next(float(x.split()[1]) for x in metrics.splitlines() if x.startswith("kvdisco_watchers_unsynced "))
+
+
 async def test_watchers_sharing_a_stream_each_get_their_events_in_order(tmp_path: Path) -> None:
     async with LocalCluster(tmp_path, 1) as cluster, aiohttp.ClientSession() as session:
         m = cluster.members[0]
@@ -149,16 +168,8 @@ async def test_a_client_that_stops_reading_holds_back_no_one_and_resumes_without
             Stream(session, m, create(b"big/", b"big0")) as fast,
         ):
             assert (await slow.result())["created"] and (await fast.result())["created"]
-            revs = []
-            for i in range(puts):
-                revs.append(await put(session, m, b"big/%03d" % i, value))
-                r = await fast.result()
-                assert [int(ev["kv"]["mod_revision"]) for ev in r["events"]] == [revs[-1]]
-            async with session.get(m.client_url + "/metrics") as resp:
-                metrics = await resp.text()
-            assert "kvdisco_watchers_unsynced 1.0" in metrics, [
-                line for line in metrics.splitlines() if "watchers" in line
-            ]
+            revs = await put_while_one_keeps_up(session, m, fast, puts, value)
+            assert await unsynced_watchers(session, m) == 1
             seen: list[int] = []
             while len(seen) < puts:
                 r = await slow.result()
@@ -239,17 +250,8 @@ async def test_a_slow_stream_of_many_watchers_holds_back_no_one_and_each_resumes
                 slow.send(create(b"big/", b"big0"))
             assert all([(await slow.result())["created"] for _ in range(watchers)])
             assert (await fast.result())["created"]
-            revs = []
-            for i in range(puts):
-                revs.append(await put(session, m, b"big/%03d" % i, value))
-                r = await fast.result()
-                assert [int(ev["kv"]["mod_revision"]) for ev in r["events"]] == [revs[-1]]
-            async with session.get(m.client_url + "/metrics") as resp:
-                metrics = await resp.text()
-            unsynced = next(
-                float(x.split()[1]) for x in metrics.splitlines() if x.startswith("kvdisco_watchers_unsynced ")
-            )
-            assert unsynced >= 1, metrics
+            revs = await put_while_one_keeps_up(session, m, fast, puts, value)
+            assert await unsynced_watchers(session, m) >= 1
             seen: dict[str, list[int]] = {str(w): [] for w in range(watchers)}
             while any(len(v) < puts for v in seen.values()):
                 r = await slow.result()
