@@ -18,9 +18,10 @@ Workloads:
   and a check that every watcher got every event once and in order (bench/watch_fanout.py:
   --watch-clients processes on raw sockets, and each event's arrival taken from the kernel's
   receive timestamp, so the client's own speed is not measured; the time each event was read is
-  reported too, as read_p50_ms/read_p99_ms). kvdisco's own apply-to-socket latency is also read from its
-  ``kvdisco_watch_delivery_seconds`` metric (the difference over each shape's run) and printed as
-  "server side".
+  reported too, as read_p50_ms/read_p99_ms; events read only after a later put's event had
+  arrived on the same stream carry the later time, and are counted as late_read_events).
+  kvdisco's own apply-to-socket latency is also read from its ``kvdisco_watch_delivery_seconds``
+  metric (the difference over each shape's run) and printed as "server side".
 
 Usage::
 
@@ -362,6 +363,8 @@ def print_table(results: dict[str, Any]) -> None:
                 for s in ("etcd", "kvdisco")
             }
             print(f"{'  delivered':<16}{check['etcd']:>44}{check['kvdisco']:>44}")
+            late = {s: f"{row[s]['late_read_events']} events read late (upper bounds)" for s in ("etcd", "kvdisco")}
+            print(f"{'  late reads':<16}{late['etcd']:>44}{late['kvdisco']:>44}")
             srv = row.get("kvdisco_server_side")
             if srv:
                 print(

@@ -26,6 +26,13 @@ The client must not be what is measured:
   splits lines, and looks each event's base64 key up in a table of the keys it expects (no
   base64 decoding). Batching the reads keeps the client's CPU (and its wake-ups) away from the
   servers it measures, and costs the measure nothing since arrival times come from the kernel.
+* A kernel timestamp is exact only while each read carries one put's events: TCP stamps a read
+  with its last segment's arrival (and merges queued segments), so when a worker reads a stream
+  late enough that a later put's event is already there, the earlier events get the later time.
+  Such events are counted (``late_read_events``); their latencies are upper bounds. A run whose
+  count is more than a small share of the events measured the client's reading, not the server.
+  This is why the workers keep their normal CPU priority: at the lowest (nice 19) a server that
+  keeps both cores busy gets its streams read late, and etcd's events were 80 to 96 % late.
 * Each worker reports its CPU time.
 
 Every watcher must receive every put exactly once and in order: the result counts the events
@@ -106,7 +113,8 @@ class _Watch:
         self.out_of_order = 0
         self.foreign = 0
 
-    def event(self, i: int | None, arrived: float, now: float) -> None:
+    def event(self, i: int | None, arrived: float, now: float) -> bool:
+        """Record put ``i``'s event; True if it counts (not foreign, not a duplicate)."""
         if i is None:
             self.foreign += 1
         elif not math.isnan(self.arrived[i]):
@@ -118,6 +126,8 @@ class _Watch:
             self.arrived[i] = arrived
             self.read[i] = now
             self.got += 1
+            return True
+        return False
 
 
 class _WatchStream:
@@ -154,6 +164,10 @@ class _WatchStream:
         self.unknown_ids = 0
         self.stamped = 0
         self.url = ""
+        #: Put indexes of the events in the read being parsed, and the events that shared a read
+        #: with a later put's event (their arrival time is the later one's: an upper bound).
+        self._read_puts: list[int] = []
+        self.late_read_events = 0
 
     @property
     def created(self) -> bool:
@@ -208,12 +222,17 @@ class _WatchStream:
             self.raw.clear()
         body = self.body
         start = 0
+        puts = self._read_puts
         while (nl := body.find(b"\n", start)) >= 0:
             if nl > start:
                 self._line(bytes(body[start:nl]), arrived, now)
             start = nl + 1
         if start:
             del body[:start]
+        if puts:
+            last = max(puts)
+            self.late_read_events += sum(i < last for i in puts)
+            puts.clear()
 
     def _dechunk(self) -> None:
         raw, pos, n = self.raw, 0, len(self.raw)
@@ -254,9 +273,9 @@ class _WatchStream:
             if wid in self.by_id or self.created:
                 self.error = self.error or f"watch id {wid} created twice"
                 return
-            w = self.watches[len(self.by_id)]
-            w.created = True
-            self.by_id[wid] = w
+            new = self.watches[len(self.by_id)]
+            new.created = True
+            self.by_id[wid] = new
         events = result.get("events", ())
         if not events:
             return
@@ -266,7 +285,9 @@ class _WatchStream:
             return
         index = self.index
         for ev in events:
-            w.event(index.get(ev["kv"]["key"]), arrived, now)
+            i = index.get(ev["kv"]["key"])
+            if w.event(i, arrived, now) and i is not None:
+                self._read_puts.append(i)
 
 
 def _open(url: str, body: bytes) -> socket.socket:
@@ -395,6 +416,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         "duplicates": sum(w.duplicates for _, w in watches),
         "out_of_order": sum(w.out_of_order for _, w in watches),
         "foreign": sum(w.foreign for _, w in watches) + sum(s.unknown_ids for s in every),
+        "late_read_events": sum(s.late_read_events for s in every),
         "unstamped_reads": 0 if all(s.stamped for s in every if any(w.got for w in s.watches)) else 1,
         "errors": (errors + sorted({s.error for s in every if s.error}))[:5],
         "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
@@ -517,6 +539,7 @@ async def run(
         "reopened_streams": sum(r["reopened_streams"] for r in results),
         "errors": sorted({e for r in results for e in r["errors"]})[:5],
         "kernel_timestamps": not any(r["unstamped_reads"] for r in results),
+        "late_read_events": sum(r["late_read_events"] for r in results),
         "p50_ms": _ms(arrived, 0.50),
         "p99_ms": _ms(arrived, 0.99),
         "max_ms": _ms(arrived, 1.0),
