@@ -318,6 +318,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 row = {"workload": workload, "connections": conns, **median_round(rounds)}
                 if args.rounds > 1:
                     row["round_ratios"] = [r["ratio_rps"] for r in rounds]
+                    p50s = [r["kvdisco"]["p50_ms"] / r["etcd"]["p50_ms"] for r in rounds if "p50_ms" in r["etcd"]]
+                    row["round_p50_ratios"] = p50s
+                    if p50s:
+                        row["median_p50_ratio"] = sorted(p50s)[len(p50s) // 2]
                 print(json.dumps(row), flush=True)
                 results["runs"].append(row)
     finally:
@@ -377,6 +381,10 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"{name:<16}{cell['etcd']:>44}{cell['kvdisco']:>44}{row['ratio_rps']:>8.2f}")
         if "round_ratios" in row:
             print(f"{'  rounds':<16}{'median of ' + ', '.join(f'{r:.2f}' for r in row['round_ratios']):>96}")
+        if row.get("round_p50_ratios"):
+            p50s = ", ".join(f"{r:.2f}" for r in row["round_p50_ratios"])
+            line = f"median {row['median_p50_ratio']:.2f} of {p50s}"
+            print(f"{'  p50 k/e':<16}{line:>96}")
 
 
 def _shapes(text: str) -> list[int]:
