@@ -10,11 +10,6 @@ only what was allocated since. Frozen objects are still freed by reference count
 dropped (an overwritten value, a compacted revision); only a frozen object that later becomes part
 of a garbage cycle is never reclaimed. Freezing only after a slow full collection keeps that rare:
 it happens when the heap has grown by a large amount, not in a steady state.
-
-Young collections are also made rarer than Python's default (:data:`YOUNG_COLLECTION_THRESHOLD`):
-a request's objects mostly die within the request, and collecting every 700 allocations promoted
-many of them to the older generations just before they died, where they paid for middle and full
-collections.
 """
 
 from __future__ import annotations
@@ -25,25 +20,10 @@ from typing import Any
 
 from kvdisco.api.metrics import gc_pauses
 
-__all__ = ["FREEZE_AFTER_S", "YOUNG_COLLECTION_THRESHOLD", "FreezeAfterSlowCollections", "collect_young_less_often"]
+__all__ = ["FREEZE_AFTER_S", "FreezeAfterSlowCollections"]
 
 #: A full collection that took at least this long freezes what survived it.
 FREEZE_AFTER_S = 0.05
-
-#: Net new container objects between two young collections (Python's default: 700). Measured on a
-#: 3-member cluster under ``wrk -c64 put.lua`` for 30 s (2026-11-27): at 700 a member ran 260 to
-#: 1,060 young, 23 to 91 middle and 2 to 8 full collections, about 1 s of pauses in all, full ones
-#: up to 125 ms; at 10,000, 12 to 14 young, one middle and no full collection, 0.34 s in all.
-#: Throughput rose by 1 to 7 % (four alternating 16 s rounds). Cyclic garbage waits longer, but a
-#: member makes almost none (a few hundred objects per run, mostly at start and stop).
-YOUNG_COLLECTION_THRESHOLD = 10_000
-
-
-def collect_young_less_often() -> None:
-    """Young collections every :data:`YOUNG_COLLECTION_THRESHOLD` allocations; the older generations
-    keep Python's factors (a middle collection every 10 young ones, a full one every 10 middle ones)."""
-    _, middle, full = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, full)
 
 
 class FreezeAfterSlowCollections:

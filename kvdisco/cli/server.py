@@ -26,7 +26,7 @@ from kvdisco.api.app import make_app
 from kvdisco.api.backend import Backend, BackendConfig, WatchedMachine
 from kvdisco.api.fastpath import GatewaySite
 from kvdisco.api.metrics import gc_pauses
-from kvdisco.cli.heap import FreezeAfterSlowCollections, collect_young_less_often
+from kvdisco.cli.heap import FreezeAfterSlowCollections
 from kvdisco.mvcc.errors import MvccError
 from kvdisco.mvcc.lease_clock import LeaseClock
 from kvdisco.mvcc.machine import KVMachine
@@ -189,7 +189,6 @@ def _convert(opt: _Option, text: str, where: str) -> Any:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    collect_young_less_often()  # before the store is loaded: see kvdisco/cli/heap.py
     peer_url = args.initial_advertise_peer_urls or args.listen_peer_urls.split(",")[0]
     client_listen = args.listen_client_urls.split(",")[0]
     client_urls = tuple((args.advertise_client_urls or client_listen).split(","))
