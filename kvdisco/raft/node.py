@@ -97,9 +97,9 @@ SNAPSHOT_CHEAP_BYTES = 8 * 1024 * 1024
 #: Members apply the same entries, so the same thresholds would have them all take their large snapshots
 #: at one moment, each child slowing its member at once (a quorum's worth of slow members). Each member is
 #: offset by this fraction of a period per place of its id among the members (0, 1/4 and 1/2 of a period
-#: with three): the SNAPSHOT_ENTRIES_MAX bound falls at log indexes offset by as much (at least a quarter
-#: of a period after the member's last snapshot), and the first snapshot after a start under the bytes
-#: bound or the growth rule comes as much earlier.
+#: with three): the SNAPSHOT_ENTRIES_MAX bound falls at log indexes offset by as much (a crossing that
+#: comes too soon after the member's last snapshot is skipped: see Node._next_crossing), and the first
+#: snapshot after a start under the bytes bound or the growth rule comes as much earlier.
 SNAPSHOT_STAGGER = 0.75
 
 #: prctl option (Linux): the signal a process gets when its parent dies.
@@ -297,6 +297,8 @@ class Node:
         self._snapshot_stagger: float | None = None
         #: No snapshot taken since this member started: the bytes bound and growth rule start offset.
         self._first_snapshot = True
+        #: The last snapshot was due to the bytes bound (see _maybe_snapshot).
+        self._last_snapshot_for_bytes = False
         #: A snapshot is being taken (by a forked child, see _maybe_snapshot); the one saved, to compact to.
         self._snapshotting = False
         self._snapshot_task: asyncio.Future[None] | None = None
@@ -920,11 +922,10 @@ class Node:
         part = 1.0 - stagger if self._first_snapshot else 1.0
         period = max(cfg.snapshot_entries, SNAPSHOT_ENTRIES_MAX)
         offset = int(stagger * period)
+        for_bytes = applied_bytes >= cfg.snapshot_bytes * part
         due = (
-            applied_bytes >= cfg.snapshot_bytes * part
-            # The entries bound falls at this member's own offset in the log; a crossing just after a
-            # snapshot taken for the bytes bound is skipped (a restart replays 1.25 periods at most).
-            or ((log_.applied + offset) // period > (log_.snapshot.index + offset) // period and entries >= period // 4)
+            for_bytes
+            or log_.applied >= self._next_crossing(log_.snapshot.index, period, offset)
             or (
                 entries >= cfg.snapshot_entries
                 and (snapshot_bytes < SNAPSHOT_CHEAP_BYTES or applied_bytes >= snapshot_bytes * SNAPSHOT_GROWTH * part)
@@ -939,12 +940,27 @@ class Node:
         self._snapshotting = True
         self._applied_bytes = 0
         self._first_snapshot = False
+        self._last_snapshot_for_bytes = for_bytes
         if self.config.snapshot_in_child and hasattr(os, "fork"):
             pending = self._encode_in_child(meta)
             task = asyncio.ensure_future(self._save_snapshot(meta, pending))
             self._snapshot_task = task
         else:
             await self._save_snapshot(meta, None)
+
+    def _next_crossing(self, last: int, period: int, offset: int) -> int:
+        """The log index at which the entries bound is next due: the first multiple of ``period``, shifted
+        back by this member's ``offset``, after the last snapshot at ``last``.
+
+        A crossing soon after that snapshot is skipped for the next one: within a quarter of a period,
+        or within half of one after a snapshot for the bytes bound (a bulk load's leftover bytes, then
+        a crossing, had members take two in a row). A restart thus replays 1.5 periods at most, and
+        never more than the bytes bound.
+        """
+        crossing = ((last + offset) // period + 1) * period - offset
+        if crossing - last < (period // 2 if self._last_snapshot_for_bytes else period // 4):
+            crossing += period
+        return crossing
 
     def _stagger(self) -> float:
         """This member's snapshot offset, a fraction of a period (SNAPSHOT_STAGGER), from its place

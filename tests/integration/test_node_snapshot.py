@@ -266,6 +266,24 @@ async def test_members_take_their_first_large_snapshot_apart(tmp_path: Path) -> 
     assert first[2] < first[1] < first[0] and first[0] - first[2] >= 8, first
 
 
+async def test_a_crossing_soon_after_a_snapshot_for_the_bytes_bound_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a snapshot for the bytes bound, the entries bound's next crossing waits half a period: a
+    bulk load's leftover bytes and then a crossing had a member take two snapshots in a row."""
+    monkeypatch.setattr(node_module, "SNAPSHOT_ENTRIES_MAX", 40)
+    monkeypatch.setattr(node_module, "SNAPSHOT_CHEAP_BYTES", 0)  # every snapshot is large
+    monkeypatch.setattr(node_module, "SNAPSHOT_GROWTH", 1000.0)  # and the growth rule never fires
+    # 99-byte entries: the bytes bound every 30 of them; crossings every 40 at offsets 0, 10 and 20. The
+    # first snapshot (no file yet) comes at --snapshot-count; a crossing may follow it a quarter period on.
+    # Every later one is 30 entries after the last (bytes) or at a crossing at least 20 after it: before,
+    # a member took a crossing 10 entries after a bytes snapshot.
+    taken = await snapshot_indexes(StaggeredCluster(tmp_path, snapshot_entries=10, snapshot_bytes=30 * 99), 120)
+    assert all(len(t) >= 4 and t[1] - t[0] >= 10 for t in taken), taken
+    for t in taken:
+        assert all(20 <= b - a <= 60 for a, b in itertools.pairwise(t[1:])), taken
+
+
 async def test_members_keep_apart_under_the_entries_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under SNAPSHOT_ENTRIES_MAX alone each member snapshots at its own log indexes, every time, and
     never replays more than the bound."""
