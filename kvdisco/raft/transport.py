@@ -5,8 +5,8 @@ sender: the dialler only writes and the acceptor only reads.  Each side is
 then simple (one writer task per peer; an inbound connection is a protocol
 that delivers each message in the callback that read it), and messages to a
 peer keep their order without any acknowledgement protocol; Raft itself
-resends whatever is lost.  The wire
-format is described in docs/raft-transport.md.
+resends whatever is lost.  The wire format is described in
+docs/raft-transport.md.
 
 Callbacks are never called from inside :meth:`PeerTransport.send`, so the
 driver may call ``send`` while it walks a ``Ready`` without being re-entered.
