@@ -320,7 +320,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     row["round_ratios"] = [r["ratio_rps"] for r in rounds]
                     p50s = [r["kvdisco"]["p50_ms"] / r["etcd"]["p50_ms"] for r in rounds if "p50_ms" in r["etcd"]]
                     row["round_p50_ratios"] = p50s
-                    if p50s:
+                    if p50s:  # the upper middle of an even count: the one less kind to kvdisco
                         row["median_p50_ratio"] = sorted(p50s)[len(p50s) // 2]
                 print(json.dumps(row), flush=True)
                 results["runs"].append(row)
@@ -427,6 +427,8 @@ def main() -> None:
     p.add_argument("--keep", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     for tool in ("etcd", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not on PATH (apt-get install etcd-server wrk)")
