@@ -316,12 +316,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         print(json.dumps({"workload": workload, "round": i + 1, **one}), flush=True)
                     rounds.append(one)
                 row = {"workload": workload, "connections": conns, **median_round(rounds)}
-                if args.rounds > 1:
-                    row["round_ratios"] = [r["ratio_rps"] for r in rounds]
-                    p50s = [r["kvdisco"]["p50_ms"] / r["etcd"]["p50_ms"] for r in rounds if "p50_ms" in r["etcd"]]
-                    row["round_p50_ratios"] = p50s
-                    if p50s:  # the upper middle of an even count: the one less kind to kvdisco
-                        row["median_p50_ratio"] = sorted(p50s)[len(p50s) // 2]
                 print(json.dumps(row), flush=True)
                 results["runs"].append(row)
     finally:
@@ -332,8 +326,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _p50_ratio(one: dict[str, Any]) -> float | None:
+    """kvdisco's p50 over etcd's in one round (lower is better for kvdisco), if wrk reported both."""
+    if "p50_ms" in one["kvdisco"] and "p50_ms" in one["etcd"]:
+        return float(one["kvdisco"]["p50_ms"] / one["etcd"]["p50_ms"])
+    return None
+
+
 def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round whose throughput ratio is the median (the lower middle one of an even count).
+    """The round whose throughput ratio is the median (the lower middle one of an even count), and,
+    with several rounds, every round's ratios and the median p50 ratio (the upper middle of an even
+    count: each choice is the one less kind to kvdisco).
 
     A shared machine's load moves within seconds; each round measures both systems back to back,
     so a round's ratio is a fair sample and the median of several resists a disturbed one.
@@ -341,8 +344,14 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     ranked = sorted(rounds, key=lambda r: r["ratio_rps"])
     middle = ranked[(len(ranked) - 1) // 2]
     row = {"etcd": middle["etcd"], "kvdisco": middle["kvdisco"], "ratio_rps": middle["ratio_rps"]}
-    if "p50_ms" in middle["kvdisco"] and "p50_ms" in middle["etcd"]:
-        row["ratio_p50"] = middle["kvdisco"]["p50_ms"] / middle["etcd"]["p50_ms"]
+    if (ratio := _p50_ratio(middle)) is not None:
+        row["ratio_p50"] = ratio
+    if len(rounds) > 1:
+        row["round_ratios"] = [r["ratio_rps"] for r in rounds]
+        p50s = [p for r in rounds if (p := _p50_ratio(r)) is not None]
+        row["round_p50_ratios"] = p50s
+        if p50s:
+            row["median_p50_ratio"] = sorted(p50s)[len(p50s) // 2]
     return row
 
 

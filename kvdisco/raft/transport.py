@@ -48,7 +48,8 @@ _VERSION = 1
 _CHUNK_OVERHEAD_BYTES = 64
 #: Frames joined into one socket write; larger batches only cost memory.
 _WRITE_BATCH_BYTES_MAX = 2 * 1024 * 1024
-#: Bytes asked of the socket per read, and the stream buffer before it pauses.
+#: The dialled connection's stream buffer limit. The acceptor never writes, so that reader only
+#: ever sees EOF; inbound bytes go through _InboundConnection, which buffers one partial frame.
 _READ_BYTES = 256 * 1024
 #: A dial that takes longer than this is treated as a failed one.
 _CONNECT_TIMEOUT_S = 2.0
