@@ -81,6 +81,7 @@ _RANGE_COUNT_ONLY = 2
 _PUT_PREV_KV = 1
 _PUT_IGNORE_VALUE = 2
 _PUT_IGNORE_LEASE = 4
+_PUT_FLAGS = _PUT_PREV_KV | _PUT_IGNORE_VALUE | _PUT_IGNORE_LEASE
 _DELETE_PREV_KV = 1
 
 _SORT_ORDERS = {int(v): v for v in SortOrder}
@@ -218,6 +219,8 @@ def decode_command(data: bytes) -> Command:
         raise ValueError("command too short")
     if type(top[0]) is not int or top[0] != COMMAND_FORMAT:
         raise ValueError(f"unknown command format {top[0]!r}")
+    if top[1] == _TAG_PUT and type(top[1]) is int and len(top) == 6:  # the most common command, first
+        return _decode_put(top[2], top[3], top[4], top[5])
     if type(top[1]) is int and top[1] == _TAG_COMPACT:
         if len(top) != 3:
             raise ValueError("compact takes exactly one field")
@@ -302,16 +305,7 @@ def _decode_op(raw: list[Any], depth: int) -> RequestOp:
             _int_in(max_cr),
         )
     if tag == _TAG_PUT:
-        key, value, lease, flags = _fields(raw, 4, "put")
-        bits = _flags_in(flags, _PUT_PREV_KV | _PUT_IGNORE_VALUE | _PUT_IGNORE_LEASE)
-        return RequestPut(
-            _bytes_in(key),
-            _bytes_in(value),
-            _int_in(lease),
-            bool(bits & _PUT_PREV_KV),
-            bool(bits & _PUT_IGNORE_VALUE),
-            bool(bits & _PUT_IGNORE_LEASE),
-        )
+        return _decode_put(*_fields(raw, 4, "put"))
     if tag == _TAG_DELETE:
         key, end, flags = _fields(raw, 3, "delete")
         bits = _flags_in(flags, _DELETE_PREV_KV)
@@ -326,6 +320,21 @@ def _decode_op(raw: list[Any], depth: int) -> RequestOp:
             tuple(_decode_op(_list_in(o, "op"), depth + 1) for o in _list_in(failure, "failure")),
         )
     raise ValueError(f"unknown op tag {tag!r}")
+
+
+def _decode_put(key: object, value: object, lease: object, flags: object) -> RequestPut:
+    """A put's fields, checked as _bytes_in, _int_in and _flags_in would, inline: puts are most of the log."""
+    if type(key) is not bytes or type(value) is not bytes:
+        raise ValueError(f"expected bin, got {type(key if type(key) is not bytes else value).__name__}")
+    if type(lease) is not int or not _INT64_MIN <= lease <= _INT64_MAX:
+        raise ValueError(f"expected an int64, got {lease!r}")
+    if type(flags) is not int or flags & ~_PUT_FLAGS or flags < 0:
+        raise ValueError(f"bad flags {flags!r}")
+    if not flags:
+        return RequestPut(key, value, lease)
+    return RequestPut(
+        key, value, lease, bool(flags & _PUT_PREV_KV), bool(flags & _PUT_IGNORE_VALUE), bool(flags & _PUT_IGNORE_LEASE)
+    )
 
 
 def _decode_compare(raw: object) -> Compare:

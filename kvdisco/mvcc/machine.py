@@ -94,14 +94,7 @@ class KVMachine:
         store = self.store
         try:
             if isinstance(req, RequestPut):
-                return store.put(
-                    req.key,
-                    req.value,
-                    lease=req.lease,
-                    prev_kv=req.prev_kv,
-                    ignore_value=req.ignore_value,
-                    ignore_lease=req.ignore_lease,
-                )
+                return store.apply_put(req)
             if isinstance(req, RequestDeleteRange):
                 return store.delete_range(req.key, req.range_end, prev_kv=req.prev_kv)
             if isinstance(req, RequestCompact):

@@ -206,6 +206,11 @@ def _pack(*items: Any) -> bytes:
         _pack(COMMAND_FORMAT, 1, b"k", b"v", 2**64 - 1, 0),  # beyond int64
         _pack(COMMAND_FORMAT, 1, b"k", b"v", 0, 8),  # unknown flag
         _pack(COMMAND_FORMAT, 1, b"k", b"v", 0, -1),
+        _pack(COMMAND_FORMAT, 1, b"k", "v", 0, 0),  # str value
+        _pack(COMMAND_FORMAT, 1, b"k", b"v", 0, True),  # bool flags
+        _pack(COMMAND_FORMAT, True, b"k", b"v", 0, 0),  # bool tag, equal to the put tag
+        _pack(COMMAND_FORMAT, 3, [], [[1, b"k", 5, 0, 0]], []),  # a put in a txn with an int value
+        _pack(COMMAND_FORMAT, 3, [], [[1, b"k", b"v", 0, 8]], []),  # ... with an unknown flag
         _pack(COMMAND_FORMAT, 2, b"k", b"", 2),
         _pack(COMMAND_FORMAT, 4),
         _pack(COMMAND_FORMAT, 4, 1, 2),

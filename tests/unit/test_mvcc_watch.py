@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -52,7 +52,7 @@ def in_range(key: bytes, lo: bytes, hi: bytes) -> bool:
 
 
 def strip(ev: Event) -> Event:
-    return replace(ev, prev_kv=None)
+    return ev._replace(prev_kv=None)
 
 
 class Log:
