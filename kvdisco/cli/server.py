@@ -210,15 +210,21 @@ async def serve(args: argparse.Namespace) -> int:
     clock = LeaseClock(machine.lessor, extend_s=election_s, checkpoint_interval_s=args.lease_checkpoint_interval)
     sm = WatchedMachine(machine, hub, clock)
     node = Node(cfg, sm)
+    # Loading the snapshot and replaying the member's own committed log build the store: at a million
+    # keys, millions of objects that live as long as the process. The cyclic garbage collector is paused
+    # meanwhile (its collections would walk them again and again: seconds of a restart), then they are
+    # frozen out of its way, so later full collections do not walk them either.
+    gc.disable()
     try:
         await node.start()
+        await node.wait_applied(node.commit_index)
     except (RaftError, OSError, MvccError, InvariantViolation) as exc:
         # E.g. CorruptLogError names the WAL file and offset, SnapshotError a snapshot this version
         # cannot read: say so plainly and refuse to run.
         log.error("cannot start member %s: %s", cfg.name, exc)
         return 2
-    # Everything loaded so far (the store from the snapshot and the WAL) lives as long as the process: keep
-    # the cyclic garbage collector from walking those millions of objects again on every full collection.
+    finally:
+        gc.enable()
     gc.collect()
     gc.freeze()
     gc_pauses().note_freeze()

@@ -610,6 +610,21 @@ class Node:
         # One timer per batch (see _issue_read), not one per caller: reads are the hot path.
         return await fut
 
+    async def wait_applied(self, index: int) -> None:
+        """Wait until the state machine has applied the log up to ``index``.
+
+        A member started on its data dir applies its own committed log in its loop, after :meth:`start`
+        returns; ``wait_applied(node.commit_index)`` right after the start waits for that replay. Raises
+        ProposalDropped if the node stops or fails first.
+        """
+        self._check_running()
+        if self.rawnode.raft.log.applied >= index:
+            return
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads_waiting_apply.append((index, [fut]))
+        self._wake.set()
+        await fut
+
     # -- input from the loop -----------------------------------------------------------------------------------------
 
     def _issue_read(self) -> None:

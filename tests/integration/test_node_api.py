@@ -219,6 +219,32 @@ async def test_restart_recovers_state_from_disk(cluster: Cluster) -> None:
     assert cluster.machines[lead.config.name].items[:30] == [f"k{i}".encode() for i in range(30)]
 
 
+async def test_a_member_restarted_alone_replays_its_committed_log_for_wait_applied(cluster: Cluster) -> None:
+    """No peer is up, so no leader: what wait_applied waits for is the replay of the member's own log."""
+    lead = await cluster.leader()
+    for i in range(40):
+        await lead.propose(f"k{i}".encode())
+    await cluster.converge()
+    name = lead.config.name
+    for other in list(cluster.nodes):
+        await cluster.stop(other)
+    node = await cluster.start(name)
+    assert node.applied_index < node.commit_index  # nothing applied yet when start returns
+    await asyncio.wait_for(node.wait_applied(node.commit_index), 10)
+    assert node.applied_index >= node.commit_index
+    # The commit index on disk may trail the last writes (they are committed again by the next leader).
+    items = cluster.machines[name].items
+    assert len(items) >= 30 and items == [f"k{i}".encode() for i in range(len(items))]
+    await node.wait_applied(1)  # already applied: returns at once
+    # An index no one will commit: the wait ends when the node stops, with an error, not never.
+    waiting = asyncio.ensure_future(node.wait_applied(node.commit_index + 1_000))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await cluster.stop(name)
+    with pytest.raises(RaftError):
+        await asyncio.wait_for(waiting, 5)
+
+
 async def test_peer_rewriting_committed_entries_changes_nothing(tmp_path: Path) -> None:
     """A peer that claims a newer term and sends entries that would overwrite our committed log is ignored
     where it matters: committed entries stay as they are, and the node goes on serving."""
