@@ -258,9 +258,10 @@ async def snapshot_indexes(cluster: StaggeredCluster, puts: int) -> list[list[in
     return [taken[name] for _, name in sorted((member_id(name), name) for name in taken)]
 
 
-async def test_members_take_their_first_large_snapshot_apart(tmp_path: Path) -> None:
+async def test_members_take_their_first_large_snapshot_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same entries and thresholds would have every member snapshot at once; under the bytes
     bound the first snapshot of each comes a quarter of a period earlier per place of its id."""
+    monkeypatch.setattr(node_module, "SNAPSHOT_ENTRY_BYTES", 0)  # entries weigh their bytes only
     first = [t[0] for t in await snapshot_indexes(StaggeredCluster(tmp_path, snapshot_bytes=2_000), 40)]
     # 100-byte entries, 20 to the bound: the last in id order waives half, about 10 entries sooner.
     assert first[2] < first[1] < first[0] and first[0] - first[2] >= 8, first
@@ -274,6 +275,7 @@ async def test_a_crossing_soon_after_a_snapshot_for_the_bytes_bound_is_skipped(
     monkeypatch.setattr(node_module, "SNAPSHOT_ENTRIES_MAX", 40)
     monkeypatch.setattr(node_module, "SNAPSHOT_CHEAP_BYTES", 0)  # every snapshot is large
     monkeypatch.setattr(node_module, "SNAPSHOT_GROWTH", 1000.0)  # and the growth rule never fires
+    monkeypatch.setattr(node_module, "SNAPSHOT_ENTRY_BYTES", 0)  # entries weigh their bytes only
     # 99-byte entries: the bytes bound every 30 of them; crossings every 40 at offsets 0, 10 and 20. The
     # first snapshot (no file yet) comes at --snapshot-count; a crossing may follow it a quarter period on.
     # Every later one is 30 entries after the last (bytes) or at a crossing at least 20 after it: before,
@@ -282,6 +284,21 @@ async def test_a_crossing_soon_after_a_snapshot_for_the_bytes_bound_is_skipped(
     assert all(len(t) >= 4 and t[1] - t[0] >= 10 for t in taken), taken
     for t in taken:
         assert all(20 <= b - a <= 60 for a, b in itertools.pairwise(t[1:])), taken
+
+
+async def test_the_bytes_bound_counts_each_entry_as_more_than_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small entries cost more to replay than their bytes say: each counts SNAPSHOT_ENTRY_BYTES more,
+    so the bound holds what a restart replays for small entries, and for a mix of small and large."""
+    monkeypatch.setattr(node_module, "SNAPSHOT_ENTRIES_MAX", 10_000)  # no crossing in this test
+    monkeypatch.setattr(node_module, "SNAPSHOT_CHEAP_BYTES", 0)
+    monkeypatch.setattr(node_module, "SNAPSHOT_GROWTH", 1000.0)
+    monkeypatch.setattr(node_module, "SNAPSHOT_ENTRY_BYTES", 300)
+    # 100-byte entries weigh 400: 3,000 bytes every 7.5 of them, where their bytes alone took 30.
+    taken = await snapshot_indexes(StaggeredCluster(tmp_path, snapshot_entries=10_000, snapshot_bytes=3_000), 45)
+    for t in taken:
+        assert len(t) >= 4 and all(b - a <= 8 for a, b in itertools.pairwise(t)), taken
 
 
 async def test_members_keep_apart_under_the_entries_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
