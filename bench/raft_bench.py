@@ -50,8 +50,8 @@ class CountingMachine:
     def snapshot(self) -> bytes:
         return str(self.count).encode()
 
-    def restore(self, data: bytes) -> None:
-        self.count = int(data)
+    def restore(self, data: memoryview) -> None:
+        self.count = int(bytes(data))
 
     def publish(self) -> None:
         pass

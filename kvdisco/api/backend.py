@@ -116,7 +116,7 @@ class WatchedMachine:
     def snapshot(self) -> list[bytes]:
         return self.machine.snapshot_parts()
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: memoryview) -> None:
         self._unpublished.clear()  # older than the new state: resync sends the watchers to its history
         self.machine.restore(data)
         self.hub.resync()

@@ -287,6 +287,10 @@ def _decode_op(raw: list[Any], depth: int) -> RequestOp:
     tag = raw[0] if raw else None
     if type(tag) is not int:
         raise ValueError(f"bad op tag {tag!r}")
+    if tag == _TAG_PUT:  # most ops of a txn, first
+        if len(raw) != 5:
+            raise ValueError(f"put takes 4 fields, got {len(raw) - 1}")
+        return _decode_put(raw[1], raw[2], raw[3], raw[4])
     if tag == _TAG_RANGE:
         key, end, limit, rev, order, target, flags, min_mod, max_mod, min_cr, max_cr = _fields(raw, 11, "range")
         bits = _flags_in(flags, _RANGE_KEYS_ONLY | _RANGE_COUNT_ONLY)
@@ -304,8 +308,6 @@ def _decode_op(raw: list[Any], depth: int) -> RequestOp:
             _int_in(min_cr),
             _int_in(max_cr),
         )
-    if tag == _TAG_PUT:
-        return _decode_put(*_fields(raw, 4, "put"))
     if tag == _TAG_DELETE:
         key, end, flags = _fields(raw, 3, "delete")
         bits = _flags_in(flags, _DELETE_PREV_KV)

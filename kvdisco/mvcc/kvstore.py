@@ -420,7 +420,7 @@ def _check_intervals(ops: Sequence[RequestOp]) -> tuple[set[bytes], list[tuple[b
     for op in ops:
         if not isinstance(op, RequestPut):
             continue
-        if op.key in puts or any(_covers(lo, hi, op.key) for lo, hi in dels):
+        if op.key in puts or (dels and any(_covers(lo, hi, op.key) for lo, hi in dels)):
             raise DuplicateKeyError()
         puts.add(op.key)
     return puts, dels
@@ -856,6 +856,9 @@ class KVStore:
         hist = self._history.get(key)
         if hist is None:
             return None
+        last = hist[-1]
+        if last[0] <= rev:  # a read at the head, as every write's: no search
+            return last[2]
         i = bisect_right(hist, rev, key=_main_of)
         return hist[i - 1][2] if i else None
 
@@ -971,11 +974,11 @@ class KVStore:
         ok = next(path)
         responses: list[OpResult] = []
         for op in txn.success if ok else txn.failure:
-            if isinstance(op, RequestRange):
-                responses.append(self._do_range(op, batch.read_rev))
-            elif isinstance(op, RequestPut):
+            if isinstance(op, RequestPut):
                 prev = self._do_put(op, batch)
                 responses.append(PutResult(batch.rev, prev if op.prev_kv else None))
+            elif isinstance(op, RequestRange):
+                responses.append(self._do_range(op, batch.read_rev))
             elif isinstance(op, RequestDeleteRange):
                 responses.append(self._do_delete(op, batch))
             else:

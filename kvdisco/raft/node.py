@@ -40,7 +40,7 @@ from typing import Any, Protocol, TypeVar
 import msgpack
 
 from . import limits
-from ._codec import decode_conf_change, encode_conf_change, msgpack_bin_header
+from ._codec import decode_conf_change, encode_conf_change, msgpack_bin_header, read_msgpack_bin_header
 from ._core import Config
 from ._messages import (
     ConfChange,
@@ -146,7 +146,9 @@ class StateMachine(Protocol):
         """The whole state; as a list of pieces (to be concatenated in order), a large state reaches
         the snapshot file without first being copied into one buffer."""
 
-    def restore(self, data: bytes) -> None: ...
+    def restore(self, data: memoryview) -> None:
+        """Replace the state with a snapshot's. ``data`` is a view into the snapshot as read or received,
+        not a copy (it is as large as the state): copy what must outlive the call."""
 
 
 def wrap_snapshot(members: dict[int, bytes], state: bytes | list[bytes]) -> list[bytes]:
@@ -156,6 +158,43 @@ def wrap_snapshot(members: dict[int, bytes], state: bytes | list[bytes]) -> list
     packer = msgpack.Packer(use_bin_type=True)
     head = packer.pack_array_header(3) + packer.pack(_SNAPSHOT_FORMAT) + packer.pack(members)
     return [head + msgpack_bin_header(sum(map(len, parts))), *parts]
+
+
+#: Bytes of snapshot data fed at a time to read the head before the state (see unwrap_snapshot).
+_UNWRAP_READ_BYTES = 64 * 1024
+
+
+def unwrap_snapshot(data: bytes | memoryview) -> tuple[object, object, memoryview]:
+    """The (format, members, state) of a node's snapshot data (see wrap_snapshot); raises ValueError
+    if it is not one.
+
+    The state is a view of ``data``, not a copy: it is as large as the store, and unpacking the whole
+    wrapper made a second copy of it, held beside the first for the length of the restore.
+    """
+    view = memoryview(data)
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    head: list[object] = []
+    fields = fed = 0
+    while True:
+        try:
+            if not fields:
+                fields = unpacker.read_array_header()
+                if fields != 3:
+                    raise ValueError(f"snapshot data is an array of {fields}, not 3")
+            while len(head) < 2:
+                head.append(unpacker.unpack())
+            break
+        except msgpack.OutOfData:
+            if fed >= len(view):
+                raise ValueError("snapshot data cut short") from None
+            unpacker.feed(view[fed : fed + _UNWRAP_READ_BYTES])
+            fed += _UNWRAP_READ_BYTES
+        except (msgpack.UnpackException, TypeError) as exc:  # ValueError passes through as it is
+            raise ValueError(f"snapshot data does not decode: {exc!r}") from None
+    start, size = read_msgpack_bin_header(view, unpacker.tell())
+    if start + size != len(view):
+        raise ValueError(f"snapshot state of {size} bytes does not end the {len(view)} bytes of data")
+    return head[0], head[1], view[start:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1110,12 +1149,12 @@ class Node:
         members = {nid: self._members[nid].encode() for nid in cs.voters | cs.learners if nid in self._members}
         return wrap_snapshot(members, self.sm.snapshot())
 
-    def _restore_snapshot(self, data: bytes) -> None:
+    def _restore_snapshot(self, data: bytes | memoryview) -> None:
         try:
-            fmt, members, sm_data = msgpack.unpackb(data, raw=False, strict_map_key=False)
-            if fmt != _SNAPSHOT_FORMAT or not isinstance(members, dict) or not isinstance(sm_data, bytes):
+            fmt, members, sm_data = unwrap_snapshot(data)
+            if fmt != _SNAPSHOT_FORMAT or type(fmt) is not int or not isinstance(members, dict):
                 raise ValueError(f"unknown snapshot format {fmt!r}")
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        except ValueError as exc:
             # The bytes passed their checksum, so this is a bug or a format from the future: stop.
             raise InvariantViolation(f"snapshot does not decode: {exc}") from exc
         for nid, info in members.items():

@@ -34,8 +34,8 @@ class ListMachine:
     def snapshot(self) -> bytes:
         return b"\n".join(self.items)
 
-    def restore(self, data: bytes) -> None:
-        self.items = data.split(b"\n") if data else []
+    def restore(self, data: memoryview) -> None:
+        self.items = bytes(data).split(b"\n") if data else []
 
     def publish(self) -> None:
         pass

@@ -129,3 +129,37 @@ def test_a_wrapped_snapshot_in_pieces_is_the_packed_one(state: bytes | list[byte
     members = {7: b"m7", 9: b"m9"}
     joined = state if isinstance(state, bytes) else b"".join(state)
     assert b"".join(wrap_snapshot(members, state)) == msgpack.packb([1, members, joined], use_bin_type=True)
+
+
+@pytest.mark.parametrize("state", [b"", b"abc", [b"a", b"", b"b" * 300], [b"x" * 70_000, b"y"]])
+def test_an_unwrapped_snapshot_hands_the_state_as_a_view_of_the_data(state: bytes | list[bytes]) -> None:
+    from kvdisco.raft.node import unwrap_snapshot, wrap_snapshot
+
+    # Members large enough that the head is read in several pieces.
+    members = {i: b"m" * 1000 for i in range(100)}
+    data = b"".join(wrap_snapshot(members, state))
+    fmt, got_members, view = unwrap_snapshot(data)
+    assert (fmt, got_members) == (1, members)
+    assert bytes(view) == (state if isinstance(state, bytes) else b"".join(state))
+    assert view.obj is data  # a view, not a copy
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x93\x01",  # cut short in the head
+        msgpack.packb([1, {}, b"state"], use_bin_type=True)[:-1],  # the state cut short
+        msgpack.packb([1, {}, b"state"], use_bin_type=True) + b"\x00",  # bytes after the state
+        msgpack.packb([1, {}], use_bin_type=True),
+        msgpack.packb([1, {}, b"a", b"b"], use_bin_type=True),
+        msgpack.packb([1, {}, "text"], use_bin_type=True),  # a str, not bin
+        msgpack.packb({"a": 1}),
+        b"\xc1\x00\x00",  # a never-used byte
+    ],
+)
+def test_unwrap_refuses_what_is_not_a_snapshot(data: bytes) -> None:
+    from kvdisco.raft.node import unwrap_snapshot
+
+    with pytest.raises(ValueError):
+        unwrap_snapshot(data)
