@@ -303,6 +303,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     results["runs"].append(row)
                 continue
             script = LUA_DIR / f"{workload}.lua"
+            if not script.is_file():  # wrk without its script sends GETs: every answer an error, a ratio of noise
+                raise SystemExit(f"{script}: no such wrk script (the repository's ../shared/bench)")
             for conns in [int(x) for x in args.connections.split(",")]:
                 rounds: list[dict[str, Any]] = []
                 for i in range(args.rounds):

@@ -1,8 +1,9 @@
 """Keeping Python's garbage collector from stopping a member for seconds.
 
-A member holds millions of long-lived objects: a ``KeyValue``, a history entry and a history list
-per key. A full (generation 2) collection walks every one of them while nothing else runs, about
-2 s at a million keys, which is long enough for the followers to start an election; and Python
+A member holds millions of long-lived objects: a history list per key, and until they survive their
+first collection a ``KeyValue`` and a history entry (tuples of bytes and ints, which the collector
+then stops tracking). A full (generation 2) collection walks every one of them while nothing else
+runs, up to 2 s at a million keys, long enough for the followers to start an election; and Python
 runs one each time the heap has grown by a quarter, so loading a million keys paid for about
 thirty of them. Right after a full collection every object still tracked is reachable, so the
 member then moves them all to the permanent generation (``gc.freeze``); later collections walk
