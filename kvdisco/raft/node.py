@@ -978,6 +978,10 @@ class Node:
         log_ = rn.raft.log
         if self._snapshotting or self._closing or time.monotonic() < self._snapshot_retry_at:
             return
+        if self._snapshot_done is not None:
+            # Saved but not yet compacted to (the loop does that between Readies): the log still starts at
+            # the snapshot before, and the entries bound, counted from there, would start another one now.
+            return
         cfg, storage = self.config, self._storage
         entries, applied_bytes = log_.applied - log_.snapshot.index, self._applied_bytes
         snapshot_bytes = storage.snapshot_file_bytes if storage is not None else 0

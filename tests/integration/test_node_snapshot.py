@@ -301,6 +301,48 @@ async def test_the_bytes_bound_counts_each_entry_as_more_than_its_bytes(
         assert len(t) >= 4 and all(b - a <= 8 for a, b in itertools.pairwise(t)), taken
 
 
+async def test_no_second_snapshot_before_the_log_is_compacted_to_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot that is saved but not yet compacted to leaves the log starting at the snapshot before it.
+    An apply in that moment (the save ends while a Ready is being handled) counted the entries bound from
+    there and started a second snapshot right after the first: two children back to back on one member."""
+    monkeypatch.setattr(node_module, "SNAPSHOT_ENTRIES_MAX", 20)
+    monkeypatch.setattr(node_module, "SNAPSHOT_CHEAP_BYTES", 0)
+    monkeypatch.setattr(node_module, "SNAPSHOT_GROWTH", 1000.0)
+    monkeypatch.setattr(node_module, "SNAPSHOT_ENTRY_BYTES", 0)
+    release = asyncio.Event()
+    started_again: list[bool] = []
+    save = Node._save_snapshot
+
+    async def held_save(self: Node, meta: object, child: object) -> None:
+        await release.wait()
+        await save(self, meta, child)  # type: ignore[arg-type]
+        if self._snapshot_done is not None:  # saved, not compacted to: the moment in question
+            await self._maybe_snapshot()
+            started_again.append(self._snapshotting)
+
+    monkeypatch.setattr(Node, "_save_snapshot", held_save)
+    cluster = StaggeredCluster(tmp_path, snapshot_entries=10, snapshot_bytes=10**9)
+    for name in cluster.peers:
+        await cluster.start(name)
+    try:
+        lead = await cluster.leader()
+        # The first snapshot of each member (--snapshot-count: no file yet) is held while the log grows past
+        # every member's next crossing (20, 15 or 10 entries, by its offset), then let go.
+        for i in range(40):
+            await lead.propose(b"%099d" % i)
+        await cluster.converge()
+        assert all(node._snapshotting for node in cluster.nodes.values())
+        release.set()
+        for node in cluster.nodes.values():
+            await settle(node)
+    finally:
+        for name in list(cluster.nodes):
+            await cluster.stop(name)
+    assert started_again and not any(started_again), started_again
+
+
 async def test_members_keep_apart_under_the_entries_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under SNAPSHOT_ENTRIES_MAX alone each member snapshots at its own log indexes, every time, and
     never replays more than the bound."""
