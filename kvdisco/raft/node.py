@@ -85,8 +85,8 @@ SNAPSHOT_BYTES = 48 * 1024 * 1024
 
 #: What one entry costs to apply beyond its bytes, as bytes of a large entry that cost as much: at a
 #: million keys a 169-byte single put applied in about 23 us and a 21.5 KB txn of 128 puts in 1.7 ms,
-#: so about 10 us an entry plus 0.08 us a byte. Counting bytes alone let a bulk load's tail (40 MiB of
-#: txns) and then 85,000 single puts, each under its own bound, add up to 6 s of replay.
+#: so about 10 us an entry plus 0.08 us a byte. Counting bytes alone let a bulk load's tail (34 MB of
+#: txns) and then 85,584 single puts (14 MB), each under its own bound, add up to 5-7 s of replay.
 SNAPSHOT_ENTRY_BYTES = 128
 
 #: Applied entries after which a snapshot is taken whatever the state's size: what a restart replays
@@ -964,10 +964,10 @@ class Node:
         """Start a snapshot of the state as applied now, when enough was applied since the last one.
 
         Enough: SNAPSHOT_BYTES of entries, each counted SNAPSHOT_ENTRY_BYTES more than its size, or
-        SNAPSHOT_ENTRIES_MAX entries (a restart replays no more),
-        else the configured snapshot_entries and, for a snapshot file above SNAPSHOT_CHEAP_BYTES, as
-        many bytes of entries as SNAPSHOT_GROWTH times that file (a snapshot is paid for by the log it
-        saves replaying). Each member is offset from the others (SNAPSHOT_STAGGER).
+        SNAPSHOT_ENTRIES_MAX entries (a restart replays no more), else the configured snapshot_entries
+        and, for a snapshot file above SNAPSHOT_CHEAP_BYTES, as many bytes of entries as SNAPSHOT_GROWTH
+        times that file (a snapshot is paid for by the log it saves replaying). Each member is offset
+        from the others (SNAPSHOT_STAGGER).
 
         The encoding runs in a forked child (see _encode_in_child): it sees the state of this instant,
         copy-on-write, while this process goes on applying and answering. Encoding a large store here
