@@ -35,9 +35,9 @@ __all__ = [
     "encode_snapshot_meta",
     "entry_to_obj",
     "msgpack_bin_header",
-    "read_msgpack_bin_header",
     "obj_to_entry",
     "pack",
+    "read_msgpack_bin_header",
     "unpack",
 ]
 
@@ -222,13 +222,16 @@ def msgpack_bin_header(size: int) -> bytes:
     return b"\xc6" + size.to_bytes(4, "big")
 
 
+#: Bytes of the length after each msgpack bin type byte (bin 8, 16, 32).
+_BIN_LENGTH_BYTES = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
 def read_msgpack_bin_header(view: memoryview, pos: int) -> tuple[int, int]:
     """The (start, size) of the bin object whose header is at ``pos`` in ``view``: the reverse of
     msgpack_bin_header, so a caller can take a large bin object as a view instead of a copy."""
-    widths = {0xC4: 1, 0xC5: 2, 0xC6: 4}
-    if pos >= len(view) or view[pos] not in widths:
+    if pos >= len(view) or view[pos] not in _BIN_LENGTH_BYTES:
         raise ValueError(f"no msgpack bin header at offset {pos}")
-    width = widths[view[pos]]
+    width = _BIN_LENGTH_BYTES[view[pos]]
     if pos + 1 + width > len(view):
         raise ValueError(f"msgpack bin header at offset {pos} cut short")
     return pos + 1 + width, int.from_bytes(view[pos + 1 : pos + 1 + width], "big")
