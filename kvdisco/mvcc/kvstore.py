@@ -877,17 +877,14 @@ class KVStore:
         if hist is None:
             hist = self._history[key] = []
             insort(self._keys, key)
-        rev, sub = batch.rev, batch.sub
-        if hist:
-            last_rev, last_sub, _ = hist[-1]
-            if last_rev > rev or (last_rev == rev and last_sub >= sub):
-                raise AssertionError(f"history of {key!r} would go backwards: {(last_rev, last_sub)} >= {(rev, sub)}")
+        if hist and hist[-1][:2] >= (batch.rev, batch.sub):
+            raise AssertionError(f"history of {key!r} would go backwards: {hist[-1][:2]} >= {(batch.rev, batch.sub)}")
         self._log_visit.append(1 if hist or kv is None else 0)
-        hist.append((rev, sub, kv))
-        self._log_revs.append(rev)
-        self._log_subs.append(sub)
+        hist.append((batch.rev, batch.sub, kv))
+        self._log_revs.append(batch.rev)
+        self._log_subs.append(batch.sub)
         self._log_keys.append(key)
-        batch.sub = sub + 1
+        batch.sub += 1
 
     def _do_range(self, req: RequestRange, read_rev: int) -> RangeResult:
         rev = req.revision if req.revision > 0 else read_rev
