@@ -165,8 +165,11 @@ class Event(NamedTuple):
     prev_kv: KeyValue | None
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRange:
+class RequestRange(NamedTuple):
+    """A range read, alone or inside a txn. Requests are named tuples, as KeyValue: every write
+    decodes one from the log, on every replica and again on a restart's replay, and a tuple is built
+    three times faster than a frozen dataclass."""
+
     key: bytes
     range_end: bytes = b""
     limit: int = 0
@@ -181,8 +184,9 @@ class RequestRange:
     max_create_revision: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class RequestPut:
+class RequestPut(NamedTuple):
+    """A put, alone or inside a txn (a named tuple: see RequestRange)."""
+
     key: bytes
     value: bytes = b""
     lease: int = 0
@@ -191,8 +195,9 @@ class RequestPut:
     ignore_lease: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class RequestDeleteRange:
+class RequestDeleteRange(NamedTuple):
+    """A delete of a key or range, alone or inside a txn (a named tuple: see RequestRange)."""
+
     key: bytes
     range_end: bytes = b""
     prev_kv: bool = False

@@ -536,9 +536,18 @@ class Model:
         return out, events
 
 
-put_ops = st.builds(RequestPut, st.sampled_from(KEYS), st.binary(max_size=2), st.integers(0, 2), prev_kv=st.just(True))
-del_ops = st.builds(RequestDeleteRange, st.sampled_from(KEYS), st.sampled_from(END_KEYS), prev_kv=st.just(True))
-range_ops = st.builds(RequestRange, st.sampled_from(KEYS), st.sampled_from(END_KEYS))
+# Requests are named tuples: st.builds would draw their defaulted fields too, so the lambdas
+# and maps below pass only the fields these strategies mean to vary.
+put_ops = st.builds(
+    lambda k, v, lease: RequestPut(k, v, lease, prev_kv=True),
+    st.sampled_from(KEYS),
+    st.binary(max_size=2),
+    st.integers(0, 2),
+)
+del_ops = st.builds(
+    lambda k, end: RequestDeleteRange(k, end, prev_kv=True), st.sampled_from(KEYS), st.sampled_from(END_KEYS)
+)
+range_ops = st.builds(lambda k, end: RequestRange(k, end), st.sampled_from(KEYS), st.sampled_from(END_KEYS))
 txn_op_lists = st.lists(st.one_of(put_ops, del_ops, range_ops), max_size=4)
 actions = st.one_of(
     st.tuples(st.just("put"), put_ops),
