@@ -151,7 +151,7 @@ class Cluster:
             "--snapshot-count",
             str(self.snapshot_count),
             "--log-level",
-            "warning",
+            "info",  # the start's steps and each snapshot, in <dir>/<member>.log
         ]
         if profile is not None:
             cmd = [

@@ -219,7 +219,9 @@ async def serve(args: argparse.Namespace) -> int:
     gc.disable()
     try:
         await node.start()
-        await node.wait_applied(node.commit_index)
+        began, commit = time.monotonic(), node.commit_index
+        await node.wait_applied(commit)
+        log.info("replayed the committed log to index %d in %.2f s", commit, time.monotonic() - began)
     except (RaftError, OSError, MvccError, InvariantViolation) as exc:
         # E.g. CorruptLogError names the WAL file and offset, SnapshotError a snapshot this version
         # cannot read: say so plainly and refuse to run.

@@ -369,8 +369,18 @@ class Node:
     async def start(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
+        began = time.monotonic()
         storage = await loop.run_in_executor(self._io, lambda: DiskStorage.open(cfg.data_dir, logger=log))
         self._storage = storage
+        # A restart's time goes to these steps and to replaying the committed log after them: say how
+        # much each took, so an operator sees where a slow start went (docs/operations.md).
+        log.info(
+            "recovered the log in %.2f s: snapshot at index %d, %d entries after it, commit index %d",
+            time.monotonic() - began,
+            storage.snapshot.index,
+            len(storage.entries),
+            storage.hard_state.commit,
+        )
         fresh = storage.hard_state == HardState() and not storage.entries and storage.snapshot.index == 0
         if fresh and not cfg.join:
             await loop.run_in_executor(self._io, self._bootstrap)
@@ -386,9 +396,16 @@ class Node:
             nid = member_id(name)
             self._members.setdefault(nid, MemberInfo(nid, name, url))
         self._members[self.id] = MemberInfo(self.id, cfg.name, cfg.peer_url, cfg.client_urls)
+        began = time.monotonic()
         snap_data = storage.load_snapshot_data()
         if snap_data is not None:
             self._restore_snapshot(snap_data)
+            log.info(
+                "restored the snapshot at index %d (%d bytes) in %.2f s",
+                storage.snapshot.index,
+                len(snap_data),
+                time.monotonic() - began,
+            )
         raft_cfg = Config(
             self.id,
             election_ticks=cfg.election_ticks,
