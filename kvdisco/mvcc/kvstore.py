@@ -239,6 +239,8 @@ RequestOp = RequestRange | RequestPut | RequestDeleteRange | RequestTxn
 
 @dataclass(frozen=True, slots=True)
 class RangeResult:
+    """A range's answer. (Not a named tuple as the write results are: its ``count`` would hide tuple.count.)"""
+
     kvs: tuple[KeyValue, ...]
     #: Keys in the range at the read revision, before limit and the min/max filters (as etcd).
     count: int
@@ -247,24 +249,23 @@ class RangeResult:
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class PutResult:
+class PutResult(NamedTuple):
+    """A put's answer. Write results are named tuples, as requests: a txn of 128 puts builds 129 of them."""
+
     revision: int
     prev_kv: KeyValue | None = None
     #: Changes for the watch hub; only on a top-level call, empty inside a txn.
     events: tuple[Event, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class DeleteResult:
+class DeleteResult(NamedTuple):
     revision: int
     deleted: int
     prev_kvs: tuple[KeyValue, ...] = ()
     events: tuple[Event, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class TxnResult:
+class TxnResult(NamedTuple):
     revision: int
     succeeded: bool
     responses: tuple[RangeResult | PutResult | DeleteResult | TxnResult, ...]
@@ -881,7 +882,11 @@ class KVStore:
         hist = self._history.get(key)
         if hist is None:
             hist = self._history[key] = []
-            insort(self._keys, key)
+            keys = self._keys
+            if not keys or key > keys[-1]:
+                keys.append(key)  # keys loaded in order (a txn's, a bulk load's): no search
+            else:
+                insort(keys, key)
         if hist and hist[-1][:2] >= (batch.rev, batch.sub):
             raise AssertionError(f"history of {key!r} would go backwards: {hist[-1][:2]} >= {(batch.rev, batch.sub)}")
         self._log_visit.append(1 if hist or kv is None else 0)
@@ -1110,29 +1115,34 @@ def _decode_page(page: Any, out: _Restored, log_rows: tuple[list[int], list[int]
         raise ValueError("snapshot columns differ in length")
     if min(mains) < 1 or max(mains) > out.rev or min(subs) < 0:
         raise ValueError(f"snapshot revisions outside [1, {out.rev}] or negative sub revisions")
-    single = n == len(keys)
-    if single:
-        entry_keys = keys
-    else:
-        entry_keys = list(itertools.chain.from_iterable(map(itertools.repeat, keys, counts)))
-        at = 0
-        for key, count in zip(keys, counts, strict=True):
-            if count > 1:
-                positions = list(zip(mains[at : at + count], subs[at : at + count], strict=True))
-                if not all(map(operator.lt, positions, positions[1:])):
-                    raise ValueError(f"history of {key!r} out of order")
-            at += count
+    if max(subs) > _SUB_SORT_MAX:
+        raise ValueError(f"sub revision above {_SUB_SORT_MAX}")
+    # Most keys have one history entry (all of them after a bulk load). Each step below is a C loop over
+    # the page, and only the keys with more entries (``multi``) take a Python loop: per key, a Python
+    # loop cost more than the rest of the decoding together.
+    starts = list(itertools.accumulate(counts[:-1], initial=0))  # the index of each key's first entry
+    multi = list(itertools.compress(range(len(keys)), map((1).__lt__, counts)))
+    entry_keys: list[bytes] = keys if not multi else []
+    at = 0
+    for k in multi:
+        first, count = starts[k], counts[k]
+        positions = list(zip(mains[first : first + count], subs[first : first + count], strict=True))
+        if not all(map(operator.lt, positions, positions[1:])):
+            raise ValueError(f"history of {keys[k]!r} out of order")
+        entry_keys += keys[at:k]
+        entry_keys += itertools.repeat(keys[k], count)
+        at = k + 1
+    if multi:
+        entry_keys += keys[at:]
     # mod_revision is the entry's main revision and a new key's create_revision too: share the ints.
     creates = [m if c == m else c for c, m in zip(creates, mains, strict=True)]
     kvs: list[KeyValue | None] = _build_kvs(entry_keys, creates, mains, versions, values, leases)
     if None in values:  # tombstones
         kvs = [None if v is None else kv for kv, v in zip(kvs, values, strict=True)]
     entries: list[_Entry] = list(zip(mains, subs, kvs, strict=True))
-    if single:
-        hists = [[e] for e in entries]
-    else:
-        bounds = list(itertools.accumulate(counts, initial=0))
-        hists = [entries[a:b] for a, b in itertools.pairwise(bounds)]
+    hists: list[list[_Entry]] = list(map(list, zip(entries if not multi else map(entries.__getitem__, starts))))
+    for k in multi:
+        hists[k] = entries[starts[k] : starts[k] + counts[k]]
     out.keys += keys
     out.history.update(zip(keys, hists, strict=True))
     if any(leases):
@@ -1140,16 +1150,13 @@ def _decode_page(page: Any, out: _Restored, log_rows: tuple[list[int], list[int]
             kv = hist[-1][2]
             if kv is not None and kv.lease:
                 out.leased.append((key, kv.lease))
-    if max(subs) > _SUB_SORT_MAX:
-        raise ValueError(f"sub revision above {_SUB_SORT_MAX}")
     log_mains, log_subs, log_keys, log_visit = log_rows
-    # As KVStore._append sets it: 0 for a put that begins its key's history. (A key whose older
-    # entries were compacted away may get 0 where the writer had 1; that only skips a key with
-    # nothing to drop, see KVStore.compact.)
-    visit = [1 if v is None else 0 for v in values] if single else [1] * n
-    if not single:
-        for first in itertools.accumulate(counts[:-1], initial=0):
-            visit[first] = 1 if values[first] is None else 0
+    # As KVStore._append sets it: 0 for a put that begins its key's history, else 1. (A key whose older
+    # entries were compacted away may get 0 where the writer had 1; that only skips a key with nothing
+    # to drop, see KVStore.compact.)
+    visit = bytearray(map(operator.is_, values, itertools.repeat(None)))
+    for k in multi:
+        visit[starts[k] + 1 : starts[k] + counts[k]] = b"\x01" * (counts[k] - 1)
     above = list(map(out.compact_rev.__lt__, mains))
     if all(above):
         log_mains += mains
