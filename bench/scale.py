@@ -795,7 +795,9 @@ def main() -> None:
     p.add_argument("--steady-minutes", type=float, default=3.0)
     p.add_argument("--sample-seconds", type=float, default=10.0)
     p.add_argument("--snapshot-count", type=int, default=20000, help="passed to every member")
-    p.add_argument("--base-port", type=int, default=33000)
+    # Below the kernel's ephemeral range (32768 and up by default): a port in it may be taken as the source
+    # port of an outgoing connection while a killed member is down, and its restart could not bind it.
+    p.add_argument("--base-port", type=int, default=23000)
     p.add_argument("--profile-restart", action="store_true", help="run restart and catch-up under py-spy")
     p.add_argument("--dir", default=None, help="keep data and logs here")
     p.add_argument("--keep", action="store_true")
