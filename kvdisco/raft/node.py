@@ -738,6 +738,8 @@ class Node:
         if not stepped:
             log.warning("dropped a %s from %x that no peer may send", msg.type.name, msg.frm)
             return
+        if msg.type == MessageType.SNAP and msg.snapshot is not None:
+            log.info("received a snapshot at index %d from %x", msg.snapshot.index, msg.frm)
         self._poke()
 
     def _on_peer_hello(self, node_id: int, meta: bytes) -> None:
@@ -853,8 +855,15 @@ class Node:
                 self._send_all(rd.messages_before_persist)
         self._send_all(rd.messages)
         if rd.snapshot is not None and rd.snapshot_data is not None:
+            began = time.monotonic()
             self._restore_snapshot(rd.snapshot_data)
             self.metrics["snapshots_received"] += 1
+            log.info(
+                "restored the snapshot the leader sent, at index %d (%d bytes), in %.2f s",
+                rd.snapshot.index,
+                len(rd.snapshot_data),
+                time.monotonic() - began,
+            )
             self._fail_waiters_below(rd.snapshot.index + 1)
         if early < len(committed):
             self._apply(committed[early:], conf_done)
@@ -1190,10 +1199,11 @@ class Node:
         for m in msgs:
             if m.type == MessageType.SNAP:
                 data = self._snapshot_data_for(m)
-                if data is None:
+                if data is None or m.snapshot is None:
                     self.rawnode.report_snapshot(m.to, False)
                     continue
                 m.snapshot_data = data
+                log.info("sending the snapshot at index %d (%d bytes) to %x", m.snapshot.index, len(data), m.to)
             try:
                 transport.send(m)
             except RaftError as exc:
