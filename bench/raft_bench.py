@@ -25,7 +25,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvdisco.raft.node import SnapshotSource
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,8 +53,8 @@ class CountingMachine:
     def snapshot(self) -> bytes:
         return str(self.count).encode()
 
-    def restore(self, data: memoryview) -> None:
-        self.count = int(bytes(data))
+    def restore(self, data: SnapshotSource) -> None:
+        self.count = int(data.read(data.remaining()))
 
     def publish(self) -> None:
         pass

@@ -38,7 +38,7 @@ from kvdisco.mvcc.lessor import LeaseGrant
 from kvdisco.mvcc.machine import ApplyError, KVMachine
 from kvdisco.mvcc.watch import WatchHub
 from kvdisco.raft import NotLeader, ProposalDropped, RaftError
-from kvdisco.raft.node import Node
+from kvdisco.raft.node import Node, SnapshotSource
 
 __all__ = [
     "CODE_UNAVAILABLE",
@@ -116,7 +116,7 @@ class WatchedMachine:
     def snapshot(self) -> list[bytes]:
         return self.machine.snapshot_parts()
 
-    def restore(self, data: memoryview) -> None:
+    def restore(self, data: SnapshotSource) -> None:
         self._unpublished.clear()  # older than the new state: resync sends the watchers to its history
         self.machine.restore(data)
         self.hub.resync()

@@ -38,7 +38,7 @@ from array import array
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgpack
 
@@ -74,6 +74,7 @@ __all__ = [
     "LeaseRevokeResult",
     "PutResult",
     "RangeResult",
+    "Readable",
     "RequestDeleteRange",
     "RequestOp",
     "RequestPut",
@@ -82,6 +83,7 @@ __all__ = [
     "SortOrder",
     "SortTarget",
     "TxnResult",
+    "snapshot_reader",
 ]
 
 #: Format tag of :meth:`KVStore.snapshot`; bump it when the layout changes. Format 2 is column
@@ -778,17 +780,18 @@ class KVStore:
         data: bytes = msgpack.packb(page, use_bin_type=True)
         return data
 
-    def restore(self, data: bytes | bytearray | memoryview) -> None:
-        """Replace the whole state with a snapshot's. A bad snapshot raises and changes nothing.
+    def restore(self, data: bytes | bytearray | memoryview | Readable) -> None:
+        """Replace the whole state with a snapshot's (bytes, or read from ``data`` to its end). A bad
+        snapshot raises and changes nothing; so does an error raised by ``data.read``.
 
-        The snapshot is read a page at a time (see :meth:`snapshot`), so a restore holds the
-        snapshot bytes, one page and the state it builds. The cyclic garbage collector is paused
+        The snapshot is read a page at a time (see :meth:`snapshot`), so a restore from a file holds
+        one page beside the state it builds, never the whole snapshot. The cyclic garbage collector is paused
         meanwhile: the millions of new objects would otherwise set off full collections over them.
         """
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            state = _decode_snapshot(memoryview(data))
+            state = _decode_snapshot(snapshot_reader(data))
         except (ValueError, TypeError, KeyError, IndexError, OverflowError, msgpack.UnpackException) as exc:
             raise SnapshotError(f"mvcc: corrupt snapshot: {exc!r}") from exc
         finally:
@@ -1018,6 +1021,14 @@ _BYTES_OR_NONE = frozenset({bytes, type(None)})
 _SUB_SORT_MAX = 2**32 - 1
 
 
+class Readable(Protocol):
+    """Snapshot bytes read in order, as from a file: a snapshot file being read, or a buffer."""
+
+    def read(self, n: int, /) -> bytes:
+        """Up to ``n`` bytes; fewer only at the end, b"" after it."""
+        ...
+
+
 class _ViewReader:
     """A file-like read() over a buffer, so msgpack's streaming Unpacker copies a chunk at a time."""
 
@@ -1025,10 +1036,30 @@ class _ViewReader:
         self._view = view
         self._pos = 0
 
-    def read(self, n: int) -> bytes:
+    def read(self, n: int, /) -> bytes:
         chunk = self._view[self._pos : self._pos + n].tobytes()
         self._pos += len(chunk)
         return chunk
+
+
+class _CountingReader:
+    """Counts the bytes read through it, so a restore can tell whether bytes follow the snapshot."""
+
+    def __init__(self, source: Readable) -> None:
+        self._source = source
+        self.count = 0
+
+    def read(self, n: int, /) -> bytes:
+        chunk = self._source.read(n)
+        self.count += len(chunk)
+        return chunk
+
+
+def snapshot_reader(data: bytes | bytearray | memoryview | Readable) -> Readable:
+    """``data`` as something to read a snapshot from in order: itself if it reads, else a reader over it."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return _ViewReader(memoryview(data))
+    return data
 
 
 @dataclass(slots=True)
@@ -1055,8 +1086,9 @@ def _ints(column: Any, what: str) -> list[int]:
     return column
 
 
-def _decode_snapshot(view: memoryview) -> _Restored:
-    unpacker = msgpack.Unpacker(_ViewReader(view), read_size=_SNAPSHOT_READ_BYTES, raw=False, max_buffer_size=2**31 - 1)
+def _decode_snapshot(source: Readable) -> _Restored:
+    counted = _CountingReader(source)
+    unpacker = msgpack.Unpacker(counted, read_size=_SNAPSHOT_READ_BYTES, raw=False, max_buffer_size=2**31 - 1)
     fields = unpacker.read_map_header()
     names: list[str] = []
     out = _Restored()
@@ -1084,8 +1116,8 @@ def _decode_snapshot(view: memoryview) -> _Restored:
             out.leases = _decode_leases(unpacker.unpack())
     if len(names) < 4:
         raise ValueError(f"snapshot fields {names} are not {list(_SNAPSHOT_FIELDS)}")
-    if unpacker.tell() != len(view):
-        raise ValueError(f"{len(view) - unpacker.tell()} bytes after the snapshot")
+    if unpacker.tell() != counted.count or counted.read(1):
+        raise ValueError("bytes after the snapshot")
     _finish_log(out, *log_rows)
     return out
 

@@ -25,9 +25,11 @@ from kvdisco.mvcc.kvstore import (
     LeaseGrantResult,
     LeaseRevokeResult,
     PutResult,
+    Readable,
     RequestDeleteRange,
     RequestPut,
     TxnResult,
+    snapshot_reader,
 )
 from kvdisco.mvcc.lessor import Lessor
 from kvdisco.raft.errors import InvariantViolation
@@ -38,9 +40,6 @@ __all__ = ["MACHINE_SNAPSHOT_FORMAT", "ApplyError", "ApplyResult", "KVMachine"]
 #: header ``[2, applied_index]`` followed by the store's snapshot as is (format 1 wrapped it in a
 #: msgpack bin, which a restore had to copy whole).
 MACHINE_SNAPSHOT_FORMAT = 2
-
-#: The header is an array of two ints: at most 1 + 9 + 9 bytes.
-_HEADER_BYTES_MAX = 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,15 +119,16 @@ class KVMachine:
         header: bytes = msgpack.packb([MACHINE_SNAPSHOT_FORMAT, self.applied_index])
         return [header, *self.store.snapshot_parts()]
 
-    def restore(self, data: bytes | bytearray | memoryview) -> None:
-        """Replace the state with a snapshot's. A bad snapshot raises SnapshotError, changes nothing.
+    def restore(self, data: bytes | bytearray | memoryview | Readable) -> None:
+        """Replace the state with a snapshot's (bytes, or read from ``data`` to its end). A bad snapshot
+        raises SnapshotError, changes nothing.
 
-        The store's part is handed on as a view of ``data``, not a copy: a snapshot is as large as
-        the store, and a restore must not hold it twice.
+        The header is read a byte at a time and the store's part is left to the store to read as it
+        goes: a snapshot is as large as the store, and a restore must not hold it twice (or, from a
+        file, at all).
         """
-        view = memoryview(data)
-        unpacker = msgpack.Unpacker(raw=False)
-        unpacker.feed(view[:_HEADER_BYTES_MAX])
+        source = snapshot_reader(data)
+        unpacker = msgpack.Unpacker(source, read_size=1, raw=False)
         try:
             fields = unpacker.read_array_header()
             fmt = unpacker.unpack() if fields else None
@@ -144,5 +144,5 @@ class KVMachine:
             applied_index = None
         if type(applied_index) is not int or applied_index < 0:
             raise SnapshotError("mvcc: corrupt machine snapshot: bad applied index")
-        self.store.restore(view[unpacker.tell() :])
+        self.store.restore(source)
         self.applied_index = applied_index

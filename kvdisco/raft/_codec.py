@@ -8,6 +8,7 @@ misbehaving peer or a damaged disk; a bad record raises ``ValueError``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -226,12 +227,14 @@ def msgpack_bin_header(size: int) -> bytes:
 _BIN_LENGTH_BYTES = {0xC4: 1, 0xC5: 2, 0xC6: 4}
 
 
-def read_msgpack_bin_header(view: memoryview, pos: int) -> tuple[int, int]:
-    """The (start, size) of the bin object whose header is at ``pos`` in ``view``: the reverse of
-    msgpack_bin_header, so a caller can take a large bin object as a view instead of a copy."""
-    if pos >= len(view) or view[pos] not in _BIN_LENGTH_BYTES:
-        raise ValueError(f"no msgpack bin header at offset {pos}")
-    width = _BIN_LENGTH_BYTES[view[pos]]
-    if pos + 1 + width > len(view):
-        raise ValueError(f"msgpack bin header at offset {pos} cut short")
-    return pos + 1 + width, int.from_bytes(view[pos + 1 : pos + 1 + width], "big")
+def read_msgpack_bin_header(read: Callable[[int], bytes]) -> int:
+    """Read a bin object's header through ``read`` (a file's read) and return the object's size: the
+    reverse of msgpack_bin_header, so a caller can read a large bin object in pieces as it needs them."""
+    kind = read(1)
+    if len(kind) != 1 or kind[0] not in _BIN_LENGTH_BYTES:
+        raise ValueError(f"no msgpack bin header ({kind!r})")
+    width = _BIN_LENGTH_BYTES[kind[0]]
+    length = read(width)
+    if len(length) != width:
+        raise ValueError("msgpack bin header cut short")
+    return int.from_bytes(length, "big")

@@ -60,7 +60,7 @@ from .errors import InvariantViolation, NotLeader, ProposalDropped, RaftError, S
 from .storage import DiskStorage, write_snapshot_file
 from .transport import PeerTransport
 
-__all__ = ["MemberInfo", "Node", "NodeConfig", "StateMachine", "member_id"]
+__all__ = ["BufferSource", "MemberInfo", "Node", "NodeConfig", "SnapshotSource", "StateMachine", "member_id"]
 
 log = logging.getLogger("kvdisco.raft.node")
 
@@ -146,9 +146,37 @@ class StateMachine(Protocol):
         """The whole state; as a list of pieces (to be concatenated in order), a large state reaches
         the snapshot file without first being copied into one buffer."""
 
-    def restore(self, data: memoryview) -> None:
-        """Replace the state with a snapshot's. ``data`` is a view into the snapshot as read or received,
-        not a copy (it is as large as the state): copy what must outlive the call."""
+    def restore(self, data: SnapshotSource) -> None:
+        """Replace the state with a snapshot's, read from ``data`` up to its end, in pieces as needed: a
+        snapshot is as large as the state, and the file's is never read whole into memory. A read may
+        raise (CorruptLogError when the file's checksum fails at its end): then nothing may change."""
+
+
+class SnapshotSource(Protocol):
+    """A snapshot's state, read in order: from the snapshot file (storage.SnapshotFileReader) or from
+    the buffer a leader sent (BufferSource)."""
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; fewer only at the end, b"" after it."""
+
+    def remaining(self) -> int:
+        """Bytes not read yet."""
+
+
+class BufferSource:
+    """A SnapshotSource over bytes in memory (a snapshot received whole from the leader)."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def read(self, n: int) -> bytes:
+        chunk = self._view[self._pos : self._pos + max(n, 0)].tobytes()
+        self._pos += len(chunk)
+        return chunk
+
+    def remaining(self) -> int:
+        return len(self._view) - self._pos
 
 
 def wrap_snapshot(members: dict[int, bytes], state: bytes | list[bytes]) -> list[bytes]:
@@ -160,41 +188,27 @@ def wrap_snapshot(members: dict[int, bytes], state: bytes | list[bytes]) -> list
     return [head + msgpack_bin_header(sum(map(len, parts))), *parts]
 
 
-#: Bytes of snapshot data fed at a time to read the head before the state (see unwrap_snapshot).
-_UNWRAP_READ_BYTES = 64 * 1024
+def unwrap_snapshot(source: SnapshotSource) -> tuple[object, object]:
+    """Read the (format, members) of a node's snapshot data (see wrap_snapshot) from ``source``, leaving
+    it at the state, which runs to its end; raises ValueError if it is not a node's snapshot.
 
-
-def unwrap_snapshot(data: bytes | memoryview) -> tuple[object, object, memoryview]:
-    """The (format, members, state) of a node's snapshot data (see wrap_snapshot); raises ValueError
-    if it is not one.
-
-    The state is a view of ``data``, not a copy: it is as large as the store, and unpacking the whole
-    wrapper made a second copy of it, held beside the first for the length of the restore.
+    The head is read a byte at a time (it is small), so not a byte of the state is read here: the
+    state machine reads the state from ``source`` itself, as it needs it.
     """
-    view = memoryview(data)
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    head: list[object] = []
-    fields = fed = 0
-    while True:
-        try:
-            if not fields:
-                fields = unpacker.read_array_header()
-                if fields != 3:
-                    raise ValueError(f"snapshot data is an array of {fields}, not 3")
-            while len(head) < 2:
-                head.append(unpacker.unpack())
-            break
-        except msgpack.OutOfData:
-            if fed >= len(view):
-                raise ValueError("snapshot data cut short") from None
-            unpacker.feed(view[fed : fed + _UNWRAP_READ_BYTES])
-            fed += _UNWRAP_READ_BYTES
-        except (msgpack.UnpackException, TypeError) as exc:  # ValueError passes through as it is
-            raise ValueError(f"snapshot data does not decode: {exc!r}") from None
-    start, size = read_msgpack_bin_header(view, unpacker.tell())
-    if start + size != len(view):
-        raise ValueError(f"snapshot state of {size} bytes does not end the {len(view)} bytes of data")
-    return head[0], head[1], view[start:]
+    unpacker = msgpack.Unpacker(source, read_size=1, raw=False, strict_map_key=False)
+    try:
+        fields = unpacker.read_array_header()
+        if fields != 3:
+            raise ValueError(f"snapshot data is an array of {fields}, not 3")
+        fmt, members = unpacker.unpack(), unpacker.unpack()
+    except msgpack.OutOfData:
+        raise ValueError("snapshot data cut short") from None
+    except (msgpack.UnpackException, TypeError) as exc:  # ValueError passes through as it is
+        raise ValueError(f"snapshot data does not decode: {exc!r}") from None
+    size = read_msgpack_bin_header(source.read)
+    if size != source.remaining():
+        raise ValueError(f"snapshot state of {size} bytes does not end the data ({source.remaining()} bytes left)")
+    return fmt, members
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,13 +411,14 @@ class Node:
             self._members.setdefault(nid, MemberInfo(nid, name, url))
         self._members[self.id] = MemberInfo(self.id, cfg.name, cfg.peer_url, cfg.client_urls)
         began = time.monotonic()
-        snap_data = storage.load_snapshot_data()
-        if snap_data is not None:
-            self._restore_snapshot(snap_data)
+        snap_source = storage.open_snapshot_data()
+        if snap_source is not None:
+            with snap_source:
+                self._restore_snapshot(snap_source)
             log.info(
                 "restored the snapshot at index %d (%d bytes) in %.2f s",
                 storage.snapshot.index,
-                len(snap_data),
+                snap_source.size,
                 time.monotonic() - began,
             )
         raft_cfg = Config(
@@ -856,7 +871,7 @@ class Node:
         self._send_all(rd.messages)
         if rd.snapshot is not None and rd.snapshot_data is not None:
             began = time.monotonic()
-            self._restore_snapshot(rd.snapshot_data)
+            self._restore_snapshot(BufferSource(rd.snapshot_data))
             self.metrics["snapshots_received"] += 1
             log.info(
                 "restored the snapshot the leader sent, at index %d (%d bytes), in %.2f s",
@@ -1179,9 +1194,9 @@ class Node:
         members = {nid: self._members[nid].encode() for nid in cs.voters | cs.learners if nid in self._members}
         return wrap_snapshot(members, self.sm.snapshot())
 
-    def _restore_snapshot(self, data: bytes | memoryview) -> None:
+    def _restore_snapshot(self, source: SnapshotSource) -> None:
         try:
-            fmt, members, sm_data = unwrap_snapshot(data)
+            fmt, members = unwrap_snapshot(source)
             if fmt != _SNAPSHOT_FORMAT or type(fmt) is not int or not isinstance(members, dict):
                 raise ValueError(f"unknown snapshot format {fmt!r}")
         except ValueError as exc:
@@ -1190,7 +1205,7 @@ class Node:
         for nid, info in members.items():
             self._learn_member(MemberInfo.decode(nid, info))
             self._dial(self._members[nid])
-        self.sm.restore(sm_data)
+        self.sm.restore(source)
 
     def _send_all(self, msgs: list[Message]) -> None:
         transport = self._transport

@@ -23,7 +23,7 @@ from ._messages import Entry, EntryType, HardState, SnapshotMeta
 from .errors import CorruptLogError, StorageError
 from .limits import PROPOSAL_BYTES_MAX, WAL_SEGMENT_BYTES
 
-__all__ = ["DiskStorage", "write_snapshot_file"]
+__all__ = ["DiskStorage", "SnapshotFileReader", "write_snapshot_file"]
 
 #: Largest WAL record payload. A record holds one entry and an entry is one
 #: proposal, so a bigger length field is damage, not data: refusing it stops a
@@ -498,6 +498,24 @@ class DiskStorage:
         except OSError as exc:
             raise StorageError(f"cannot read snapshot {path}: {exc}") from exc
 
+    def open_snapshot_data(self) -> SnapshotFileReader | None:
+        """The data of the snapshot in force, to be read in order (None without one); close it after.
+
+        A restore reads it as it goes, so a member never holds the whole snapshot beside the state it
+        builds from it: at a million keys that was 180 MB more at the peak of a restart.
+        """
+        self._check_usable()
+        if not self.snapshot.index:
+            return None
+        path = self._snap_path(self.snapshot.index, self.snapshot.term)
+        f = self._open_snapshot(path, self.snapshot.index, self.snapshot.term)
+        try:
+            head = _snapshot_file_header(f, path, self.snapshot.index, self.snapshot.term)
+        except BaseException:
+            f.close()
+            raise
+        return SnapshotFileReader(f, path, head)
+
     def snapshot_temp_path(self, meta: SnapshotMeta) -> str:
         """Where :func:`write_snapshot_file` should write the snapshot ``meta`` for install_snapshot."""
         return self._snap_path(meta.index, meta.term) + ".child.tmp"
@@ -741,6 +759,48 @@ class DiskStorage:
             raise CorruptLogError(
                 path, 0, f"snapshot file for the WAL's newest marker {index}/{term} is missing"
             ) from None
+
+
+class SnapshotFileReader:
+    """A snapshot file's data, read in order and checked against the file's checksum as it is read.
+
+    Reading the last byte checks the checksum of the whole: a mismatch raises CorruptLogError then, so a
+    consumer that builds its state aside and puts it in force only after reading everything (as a
+    restore does) never puts damaged data in force. Recovery checked the file whole already; this
+    checks again what is actually read.
+    """
+
+    def __init__(self, f: BinaryIO, path: str, head: _SnapHead) -> None:
+        self._f, self._path, self._head = f, path, head
+        self._left = head.data_len
+        self._crc = head.crc_so_far
+        #: Bytes of data in the file.
+        self.size = head.data_len
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only at the end, b"" after it)."""
+        if n <= 0 or not self._left:
+            return b""
+        chunk = self._f.read(min(n, self._left))
+        if not chunk:
+            raise CorruptLogError(self._path, _SNAP_HEADER.size, "snapshot file shorter than its header says")
+        self._left -= len(chunk)
+        self._crc = zlib.crc32(chunk, self._crc)
+        if not self._left and self._crc != self._head.crc:
+            raise CorruptLogError(self._path, _SNAP_HEADER.size, "snapshot checksum mismatch")
+        return chunk
+
+    def remaining(self) -> int:
+        return self._left
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> SnapshotFileReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True, slots=True)

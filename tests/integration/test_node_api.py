@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kvdisco.raft import ConfChangeError, MemberInfo, Node, NodeConfig, NotLeader, RaftError, member_id
+from kvdisco.raft.node import SnapshotSource
 
 from .cluster import free_port
 
@@ -34,8 +35,9 @@ class ListMachine:
     def snapshot(self) -> bytes:
         return b"\n".join(self.items)
 
-    def restore(self, data: memoryview) -> None:
-        self.items = bytes(data).split(b"\n") if data else []
+    def restore(self, data: SnapshotSource) -> None:
+        raw = data.read(data.remaining())
+        self.items = raw.split(b"\n") if raw else []
 
     def publish(self) -> None:
         pass

@@ -132,16 +132,17 @@ def test_a_wrapped_snapshot_in_pieces_is_the_packed_one(state: bytes | list[byte
 
 
 @pytest.mark.parametrize("state", [b"", b"abc", [b"a", b"", b"b" * 300], [b"x" * 70_000, b"y"]])
-def test_an_unwrapped_snapshot_hands_the_state_as_a_view_of_the_data(state: bytes | list[bytes]) -> None:
-    from kvdisco.raft.node import unwrap_snapshot, wrap_snapshot
+def test_unwrapping_a_snapshot_leaves_the_source_at_the_state(state: bytes | list[bytes]) -> None:
+    from kvdisco.raft.node import BufferSource, unwrap_snapshot, wrap_snapshot
 
-    # Members large enough that the head is read in several pieces.
     members = {i: b"m" * 1000 for i in range(100)}
-    data = b"".join(wrap_snapshot(members, state))
-    fmt, got_members, view = unwrap_snapshot(data)
+    source = BufferSource(b"".join(wrap_snapshot(members, state)))
+    fmt, got_members = unwrap_snapshot(source)
     assert (fmt, got_members) == (1, members)
-    assert bytes(view) == (state if isinstance(state, bytes) else b"".join(state))
-    assert view.obj is data  # a view, not a copy
+    joined = state if isinstance(state, bytes) else b"".join(state)
+    assert source.remaining() == len(joined)
+    assert source.read(len(joined) + 1) == joined  # not a byte of the state read by the unwrap
+    assert source.read(1) == b""
 
 
 @pytest.mark.parametrize(
@@ -156,10 +157,11 @@ def test_an_unwrapped_snapshot_hands_the_state_as_a_view_of_the_data(state: byte
         msgpack.packb([1, {}, "text"], use_bin_type=True),  # a str, not bin
         msgpack.packb({"a": 1}),
         b"\xc1\x00\x00",  # a never-used byte
+        b"\x93\x01\x80\xc6\x00",  # the bin header cut short
     ],
 )
 def test_unwrap_refuses_what_is_not_a_snapshot(data: bytes) -> None:
-    from kvdisco.raft.node import unwrap_snapshot
+    from kvdisco.raft.node import BufferSource, unwrap_snapshot
 
     with pytest.raises(ValueError):
-        unwrap_snapshot(data)
+        unwrap_snapshot(BufferSource(data))

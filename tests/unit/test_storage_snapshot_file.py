@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from kvdisco.mvcc.commands import encode_command
+from kvdisco.mvcc.kvstore import RequestPut
 from kvdisco.raft._messages import ConfState, Entry, HardState, SnapshotMeta
 from kvdisco.raft.errors import CorruptLogError, StorageError
 from kvdisco.raft.storage import DiskStorage, write_snapshot_file
@@ -190,3 +192,52 @@ def test_a_snapshot_in_pieces_writes_the_file_of_the_joined_bytes(
     write_snapshot_file(tmp_path / "pieces", meta, pieces)
     write_snapshot_file(tmp_path / "whole", meta, data)
     assert (tmp_path / "pieces").read_bytes() == (tmp_path / "whole").read_bytes()
+
+
+def test_snapshot_data_is_read_in_pieces_as_written(tmp_path: Path) -> None:
+    s = filled(tmp_path)
+    data = bytes(range(256)) * 5000
+    s.save_snapshot(SnapshotMeta(5, 1), data)
+    assert s.open_snapshot_data() is not None
+    reader = s.open_snapshot_data()
+    assert reader is not None
+    with reader:
+        assert (reader.size, reader.remaining()) == (len(data), len(data))
+        pieces = []
+        while piece := reader.read(70_000):
+            pieces.append(piece)
+        assert b"".join(pieces) == data and reader.remaining() == 0 and reader.read(1) == b""
+    s.close()
+    assert DiskStorage.open(tmp_path / "empty").open_snapshot_data() is None
+
+
+def test_a_snapshot_damaged_after_recovery_fails_its_restore_and_changes_nothing(tmp_path: Path) -> None:
+    """The checksum is checked on the last read: a store built from the file is never put in force."""
+    from kvdisco.mvcc.machine import KVMachine
+
+    source = KVMachine()
+    for i in range(1, 2000):
+        source.apply(i, encode_command(RequestPut(b"k%05d" % i, b"v" * 50)))
+    s = filled(tmp_path)
+    s.save_snapshot(SnapshotMeta(5, 1), source.snapshot())
+    s.close()
+    s = DiskStorage.open(tmp_path)  # checks the file whole
+    path = tmp_path / "snap" / f"{5:016x}-{1:016x}.snap"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF  # damage after the open checked the file
+    path.write_bytes(bytes(raw))
+    target = KVMachine()
+    target.apply(1, encode_command(RequestPut(b"mine", b"1")))
+    before = target.snapshot()
+    reader = s.open_snapshot_data()
+    assert reader is not None
+    with reader, pytest.raises(CorruptLogError, match="checksum"):
+        target.restore(reader)
+    assert target.snapshot() == before
+    raw[-1] ^= 0xFF  # as written again: it restores
+    path.write_bytes(bytes(raw))
+    reader = s.open_snapshot_data()
+    assert reader is not None
+    with reader:
+        target.restore(reader)
+    assert target.store.range(b"k01999").kvs[0].value == b"v" * 50
