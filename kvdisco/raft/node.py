@@ -80,8 +80,10 @@ SNAPSHOT_ENTRIES = 20_000
 #: Bytes of applied entries between two automatic snapshots, whatever their number: one batched entry
 #: can carry a thousand writes, and a node must not replay a huge log on restart for want of entries.
 #: Each entry counts SNAPSHOT_ENTRY_BYTES more than its own size here, so that this bounds what a restart
-#: replays in time, for a mix of large and small entries too (see SNAPSHOT_ENTRY_BYTES).
-SNAPSHOT_BYTES = 48 * 1024 * 1024
+#: replays in time, for a mix of large and small entries too (see SNAPSHOT_ENTRY_BYTES). A restarted member
+#: at a million keys applies about 0.09 us a byte of txns and 27 us a single put: 32 MiB is about 3 s of
+#: replay whatever the mix (48 MiB let one replay 939 txns and 95,171 puts for 4.95 s, a 10.3 s restart).
+SNAPSHOT_BYTES = 32 * 1024 * 1024
 
 #: What one entry costs to apply beyond its bytes, as bytes of a large entry that cost as much: at a
 #: million keys a 169-byte single put applied in about 23 us and a 21.5 KB txn of 128 puts in 1.7 ms,
