@@ -57,7 +57,7 @@ from ._messages import (
 )
 from ._rawnode import RawNode
 from .errors import InvariantViolation, NotLeader, ProposalDropped, RaftError, StorageError
-from .storage import DiskStorage, write_snapshot_file
+from .storage import DiskStorage, SnapshotFilePayload, write_snapshot_file
 from .transport import PeerTransport
 
 __all__ = ["BufferSource", "MemberInfo", "Node", "NodeConfig", "SnapshotSource", "StateMachine", "member_id"]
@@ -352,8 +352,6 @@ class Node:
         self._holding_messages = False
         self._unsynced_hard_state: HardState | None = None
         self._members: dict[int, MemberInfo] = {}
-        #: The snapshot last read from disk to send to a follower (others may need the same one soon).
-        self._snapshot_cache: tuple[int, bytes] | None = None
         #: Bytes of entries applied since the last snapshot taken here (see SNAPSHOT_BYTES).
         self._applied_bytes = 0
         #: This member's offset, as a fraction of a period (see SNAPSHOT_STAGGER); None until known.
@@ -1183,7 +1181,6 @@ class Node:
         meta, self._snapshot_done = self._snapshot_done, None
         if meta is not None and self.rawnode.raft.log.snapshot.index < meta.index:
             self.rawnode.compact(meta)
-            self._snapshot_cache = None  # a snapshot is as large as the store: read it back only to send it
 
     def _encode_snapshot(self) -> list[bytes]:
         """The state machine's snapshot, wrapped with what we know of the members, in pieces:
@@ -1215,29 +1212,29 @@ class Node:
             return
         for m in msgs:
             if m.type == MessageType.SNAP:
-                data = self._snapshot_data_for(m)
-                if data is None or m.snapshot is None:
+                payload = self._snapshot_payload_for(m)
+                if payload is None or m.snapshot is None:
                     self.rawnode.report_snapshot(m.to, False)
                     continue
-                m.snapshot_data = data
-                log.info("sending the snapshot at index %d (%d bytes) to %x", m.snapshot.index, len(data), m.to)
+                log.info("sending the snapshot at index %d (%d bytes) to %x", m.snapshot.index, len(payload), m.to)
+            else:
+                payload = None
             try:
-                transport.send(m)
+                transport.send(m, payload)
             except RaftError as exc:
                 log.error("could not send %s to %x: %s", m.type.name, m.to, exc)
 
-    def _snapshot_data_for(self, m: Message) -> bytes | None:
-        if m.snapshot is None:
-            return None
-        if self._snapshot_cache is not None and self._snapshot_cache[0] == m.snapshot.index:
-            return self._snapshot_cache[1]
+    def _snapshot_payload_for(self, m: Message) -> SnapshotFilePayload | None:
+        """The snapshot ``m`` names, read from its file as it is sent (a leader never holds a snapshot as
+        large as its store to send it); None if it is no longer the one in force or cannot be read."""
         storage = self._storage
-        if storage is None or storage.snapshot.index != m.snapshot.index:
+        if m.snapshot is None or storage is None or storage.snapshot.index != m.snapshot.index:
             return None
-        data = storage.load_snapshot_data()
-        if data is not None:
-            self._snapshot_cache = (m.snapshot.index, data)
-        return data
+        try:
+            return storage.snapshot_payload()
+        except (RaftError, OSError) as exc:
+            log.error("cannot send the snapshot at index %d: %s", m.snapshot.index, exc)
+            return None
 
     def _on_soft_state(self, leader_id: int, role: StateRole) -> None:
         log.info("member %s: role %s, leader %x, term %d", self.config.name, role.name, leader_id, self.term)

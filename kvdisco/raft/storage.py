@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import struct
+import weakref
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from ._messages import Entry, EntryType, HardState, SnapshotMeta
 from .errors import CorruptLogError, StorageError
 from .limits import PROPOSAL_BYTES_MAX, WAL_SEGMENT_BYTES
 
-__all__ = ["DiskStorage", "SnapshotFileReader", "write_snapshot_file"]
+__all__ = ["DiskStorage", "SnapshotFilePayload", "SnapshotFileReader", "write_snapshot_file"]
 
 #: Largest WAL record payload. A record holds one entry and an entry is one
 #: proposal, so a bigger length field is damage, not data: refusing it stops a
@@ -516,6 +517,22 @@ class DiskStorage:
             raise
         return SnapshotFileReader(f, path, head)
 
+    def snapshot_payload(self) -> SnapshotFilePayload | None:
+        """The data of the snapshot in force, for a peer: read from the file a chunk at a time as it is
+        sent (None without a snapshot). Each send gets its own, so sends to several peers never share
+        a position or a checksum."""
+        self._check_usable()
+        if not self.snapshot.index:
+            return None
+        path = self._snap_path(self.snapshot.index, self.snapshot.term)
+        f = self._open_snapshot(path, self.snapshot.index, self.snapshot.term)
+        try:
+            head = _snapshot_file_header(f, path, self.snapshot.index, self.snapshot.term)
+        except BaseException:
+            f.close()
+            raise
+        return SnapshotFilePayload(f, path, head, self._log)
+
     def snapshot_temp_path(self, meta: SnapshotMeta) -> str:
         """Where :func:`write_snapshot_file` should write the snapshot ``meta`` for install_snapshot."""
         return self._snap_path(meta.index, meta.term) + ".child.tmp"
@@ -801,6 +818,49 @@ class SnapshotFileReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SnapshotFilePayload:
+    """A snapshot file's data to send to a peer, sliced a chunk at a time by the transport: each chunk is
+    read from the file as it goes out, so a leader never holds a snapshot (as large as its store) to send
+    it. The file is open from the moment the send is queued, so a newer snapshot replacing it meanwhile
+    does not cut the send short.
+
+    Chunks taken in order are checked against the file's checksum: a mismatch makes the last chunk raise
+    OSError (EIO), which fails the send as a lost connection would, so damaged bytes never complete a
+    snapshot on the peer; it is logged, since every later send of that file will fail the same way.
+    """
+
+    def __init__(self, f: BinaryIO, path: str, head: _SnapHead, logger: logging.Logger) -> None:
+        self._f, self._path, self._log = f, path, logger
+        self._start = f.tell()  # the data follows the header and the meta
+        self._len = head.data_len
+        self._crc, self._expected_crc = head.crc_so_far, head.crc
+        self._checked = 0  # bytes checked so far: the chunks taken in order from the start
+        self._close = weakref.finalize(self, f.close)  # the transport may drop a send before its end
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, part: slice, /) -> bytes:
+        start, stop, step = part.indices(self._len)
+        if step != 1:
+            raise ValueError("a snapshot payload is read in contiguous chunks")
+        if not self._close.alive:
+            raise OSError(errno.EBADF, f"{self._path}: snapshot payload already read to its end")
+        size = max(0, stop - start)
+        chunk = os.pread(self._f.fileno(), size, self._start + start)
+        if len(chunk) != size:
+            raise OSError(errno.EIO, f"{self._path}: snapshot file shorter than its header says")
+        if start == self._checked:
+            self._crc = zlib.crc32(chunk, self._crc)
+            self._checked = start + size
+            if self._checked == self._len:
+                self._close()
+                if self._crc != self._expected_crc:
+                    self._log.error("snapshot file %s fails its checksum: not sent", self._path)
+                    raise OSError(errno.EIO, f"{self._path}: snapshot checksum mismatch")
+        return chunk
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,14 +21,14 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 from ._codec import decode_message, encode_message, pack, unpack
 from ._messages import LOCAL_MESSAGES, Message, MessageType
 from .errors import MessageTooLarge, ProtocolError
 from .limits import FRAME_BYTES_MAX, PEER_SEND_QUEUE_MSGS_MAX, SNAPSHOT_CHUNK_BYTES
 
-__all__ = ["SNAPSHOT_BYTES_MAX", "PeerTransport"]
+__all__ = ["SNAPSHOT_BYTES_MAX", "PeerTransport", "SnapshotPayload"]
 
 #: Largest snapshot accepted from a peer. The receiver holds it in memory
 #: while it is reassembled, so this bounds one connection's memory.
@@ -91,8 +91,18 @@ class _Snapshot:
     """A SNAP message waiting in a send queue: one queue item, many frames."""
 
     head: bytes  # encode_message() of the SNAP message, repeated in every chunk
-    data: bytes
+    data: SnapshotPayload
     chunk_bytes: int
+
+
+class SnapshotPayload(Protocol):
+    """Snapshot data to send, sliced a chunk at a time as it goes out: bytes, or a snapshot file that
+    reads each chunk when it is taken (storage.SnapshotFilePayload). A slice may raise OSError, which
+    fails the send as a lost connection does."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, part: slice, /) -> bytes: ...
 
 
 class _Peer:
@@ -371,9 +381,12 @@ class PeerTransport:
             self._stop_writer(peer)
             self._abandon_queue(peer, soon=True)
 
-    def send(self, msg: Message) -> None:
-        """Queue ``msg`` for ``msg.to``; raises MessageTooLarge or ValueError only for local misuse."""
-        item = self._encode(msg)
+    def send(self, msg: Message, snapshot: SnapshotPayload | None = None) -> None:
+        """Queue ``msg`` for ``msg.to``; raises MessageTooLarge or ValueError only for local misuse.
+
+        A SNAP message's data is ``snapshot`` if given, else ``msg.snapshot_data``.
+        """
+        item = self._encode(msg, snapshot)
         peer = self._peers.get(msg.to)
         if self._closed:
             self._c.msgs_dropped += 1
@@ -449,7 +462,7 @@ class PeerTransport:
 
     # -- sending --------------------------------------------------------
 
-    def _encode(self, msg: Message) -> bytes | _Snapshot:
+    def _encode(self, msg: Message, snapshot: SnapshotPayload | None = None) -> bytes | _Snapshot:
         if msg.type in LOCAL_MESSAGES:
             raise ValueError(f"{msg.type.name} is a local message and is never sent")
         head = encode_message(msg)
@@ -457,7 +470,7 @@ class PeerTransport:
             if len(head) > self._frame_bytes_max:
                 raise MessageTooLarge(f"{msg.type.name} of {len(head)} bytes to {msg.to} is over the frame limit")
             return _HEADER.pack(len(head), _FRAME_MSG) + head
-        data = msg.snapshot_data or b""
+        data: SnapshotPayload = snapshot if snapshot is not None else (msg.snapshot_data or b"")
         chunk_bytes = min(SNAPSHOT_CHUNK_BYTES, self._frame_bytes_max - len(head) - _CHUNK_OVERHEAD_BYTES)
         if len(data) > self._snapshot_bytes_max or chunk_bytes <= 0:
             raise MessageTooLarge(f"snapshot of {len(data)} bytes to {msg.to} is over the transport's limits")

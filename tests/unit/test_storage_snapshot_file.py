@@ -241,3 +241,38 @@ def test_a_snapshot_damaged_after_recovery_fails_its_restore_and_changes_nothing
     with reader:
         target.restore(reader)
     assert target.store.range(b"k01999").kvs[0].value == b"v" * 50
+
+
+def test_a_snapshot_payload_reads_each_chunk_from_the_file_as_it_is_taken(tmp_path: Path) -> None:
+    s = filled(tmp_path)
+    data = bytes(range(256)) * 4000
+    s.save_snapshot(SnapshotMeta(5, 1), data)
+    payload = s.snapshot_payload()
+    assert payload is not None and len(payload) == len(data)
+    # A newer snapshot replaces the file meanwhile, and the old file is deleted: the send under way still
+    # reads the one it opened.
+    s.save([ent(i) for i in range(9, 12)], HardState(1, 1, 11))
+    s.save_snapshot(SnapshotMeta(10, 1), b"newer")
+    os.unlink(tmp_path / "snap" / f"{5:016x}-{1:016x}.snap")
+    chunks = [payload[i : i + 65_536] for i in range(0, len(payload), 65_536)]
+    assert b"".join(chunks) == data
+    with pytest.raises(OSError):
+        payload[0:1]  # read to its end: closed
+    newer = s.snapshot_payload()
+    assert newer is not None and newer[0:1_000] == b"newer"
+
+
+def test_a_snapshot_payload_with_a_bad_checksum_fails_on_its_last_chunk(tmp_path: Path) -> None:
+    s = filled(tmp_path)
+    data = b"state" * 50_000
+    s.save_snapshot(SnapshotMeta(5, 1), data)
+    path = tmp_path / "snap" / f"{5:016x}-{1:016x}.snap"
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0xFF  # damage after the open checked it
+    path.write_bytes(bytes(raw))
+    payload = s.snapshot_payload()
+    assert payload is not None
+    first = payload[0:100_000]  # taken: the damage is further on
+    assert first == data[:100_000]
+    with pytest.raises(OSError, match="checksum"):
+        payload[100_000 : len(payload)]
