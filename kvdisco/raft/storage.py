@@ -505,33 +505,28 @@ class DiskStorage:
         A restore reads it as it goes, so a member never holds the whole snapshot beside the state it
         builds from it: at a million keys that was 180 MB more at the peak of a restart.
         """
-        self._check_usable()
-        if not self.snapshot.index:
-            return None
-        path = self._snap_path(self.snapshot.index, self.snapshot.term)
-        f = self._open_snapshot(path, self.snapshot.index, self.snapshot.term)
-        try:
-            head = _snapshot_file_header(f, path, self.snapshot.index, self.snapshot.term)
-        except BaseException:
-            f.close()
-            raise
-        return SnapshotFileReader(f, path, head)
+        opened = self._open_snapshot_in_force()
+        return None if opened is None else SnapshotFileReader(*opened)
 
     def snapshot_payload(self) -> SnapshotFilePayload | None:
         """The data of the snapshot in force, for a peer: read from the file a chunk at a time as it is
         sent (None without a snapshot). Each send gets its own, so sends to several peers never share
         a position or a checksum."""
+        opened = self._open_snapshot_in_force()
+        return None if opened is None else SnapshotFilePayload(*opened, self._log)
+
+    def _open_snapshot_in_force(self) -> tuple[BinaryIO, str, _SnapHead] | None:
+        """The snapshot file in force, open and checked up to its data (its header and meta); None without one."""
         self._check_usable()
         if not self.snapshot.index:
             return None
         path = self._snap_path(self.snapshot.index, self.snapshot.term)
         f = self._open_snapshot(path, self.snapshot.index, self.snapshot.term)
         try:
-            head = _snapshot_file_header(f, path, self.snapshot.index, self.snapshot.term)
+            return f, path, _snapshot_file_header(f, path, self.snapshot.index, self.snapshot.term)
         except BaseException:
             f.close()
             raise
-        return SnapshotFilePayload(f, path, head, self._log)
 
     def snapshot_temp_path(self, meta: SnapshotMeta) -> str:
         """Where :func:`write_snapshot_file` should write the snapshot ``meta`` for install_snapshot."""
