@@ -753,8 +753,6 @@ class Node:
         if not stepped:
             log.warning("dropped a %s from %x that no peer may send", msg.type.name, msg.frm)
             return
-        if msg.type == MessageType.SNAP and msg.snapshot is not None:
-            log.info("received a snapshot at index %d from %x", msg.snapshot.index, msg.frm)
         self._poke()
 
     def _on_peer_hello(self, node_id: int, meta: bytes) -> None:
@@ -916,6 +914,7 @@ class Node:
         if rd.snapshot is not None:
             if rd.snapshot_data is None:
                 raise InvariantViolation("a Ready snapshot without its data")
+            log.info("received a snapshot at index %d (%d bytes); saving it", rd.snapshot.index, len(rd.snapshot_data))
             storage.save_snapshot(rd.snapshot, rd.snapshot_data)
         if rd.entries or rd.hard_state is not None:
             storage.save(rd.entries, rd.hard_state)
