@@ -85,6 +85,11 @@ class RawNode:
     def report_snapshot(self, node_id: int, ok: bool) -> None:
         self.raft.step(Message(MessageType.SNAP_STATUS, frm=node_id, reject=not ok))
 
+    def release_snapshot_data(self) -> None:
+        """The driver has saved the snapshot of the Ready it holds: the node need not keep its data (as
+        large as the state) until advance()."""
+        self.raft.log.pending_snapshot_data = None
+
     def compact(self, meta: SnapshotMeta) -> None:
         """The driver saved a snapshot at ``meta.index`` (<= applied): drop the log up to it."""
         self.raft.log.compact(meta)

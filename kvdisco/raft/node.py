@@ -60,7 +60,7 @@ from .errors import InvariantViolation, NotLeader, ProposalDropped, RaftError, S
 from .storage import DiskStorage, SnapshotFilePayload, write_snapshot_file
 from .transport import PeerTransport
 
-__all__ = ["BufferSource", "MemberInfo", "Node", "NodeConfig", "SnapshotSource", "StateMachine", "member_id"]
+__all__ = ["MemberInfo", "Node", "NodeConfig", "SnapshotSource", "StateMachine", "member_id"]
 
 log = logging.getLogger("kvdisco.raft.node")
 
@@ -155,30 +155,14 @@ class StateMachine(Protocol):
 
 
 class SnapshotSource(Protocol):
-    """A snapshot's state, read in order: from the snapshot file (storage.SnapshotFileReader) or from
-    the buffer a leader sent (BufferSource)."""
+    """A snapshot's state, read in order: from the snapshot file (storage.SnapshotFileReader), both at a
+    restart and for a snapshot received from the leader (saved to its file first)."""
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; fewer only at the end, b"" after it."""
 
     def remaining(self) -> int:
         """Bytes not read yet."""
-
-
-class BufferSource:
-    """A SnapshotSource over bytes in memory (a snapshot received whole from the leader)."""
-
-    def __init__(self, data: bytes | memoryview) -> None:
-        self._view = memoryview(data)
-        self._pos = 0
-
-    def read(self, n: int) -> bytes:
-        chunk = self._view[self._pos : self._pos + max(n, 0)].tobytes()
-        self._pos += len(chunk)
-        return chunk
-
-    def remaining(self) -> int:
-        return len(self._view) - self._pos
 
 
 def wrap_snapshot(members: dict[int, bytes], state: bytes | list[bytes]) -> list[bytes]:
@@ -411,14 +395,12 @@ class Node:
             self._members.setdefault(nid, MemberInfo(nid, name, url))
         self._members[self.id] = MemberInfo(self.id, cfg.name, cfg.peer_url, cfg.client_urls)
         began = time.monotonic()
-        snap_source = storage.open_snapshot_data()
-        if snap_source is not None:
-            with snap_source:
-                self._restore_snapshot(snap_source)
+        if storage.snapshot.index:
+            size = self._restore_saved_snapshot()
             log.info(
                 "restored the snapshot at index %d (%d bytes) in %.2f s",
                 storage.snapshot.index,
-                snap_source.size,
+                size,
                 time.monotonic() - began,
             )
         raft_cfg = Config(
@@ -868,13 +850,17 @@ class Node:
                 self._send_all(rd.messages_before_persist)
         self._send_all(rd.messages)
         if rd.snapshot is not None and rd.snapshot_data is not None:
-            began = time.monotonic()
-            self._restore_snapshot(BufferSource(rd.snapshot_data))
+            began, size = time.monotonic(), len(rd.snapshot_data)
+            # Saved by now: restore from the file, as a restart does, having let go of the received bytes
+            # (as large as the store, they were held beside the state being built: a new member's peak).
+            rd.snapshot_data = None
+            rn.release_snapshot_data()
+            self._restore_saved_snapshot()
             self.metrics["snapshots_received"] += 1
             log.info(
                 "restored the snapshot the leader sent, at index %d (%d bytes), in %.2f s",
                 rd.snapshot.index,
-                len(rd.snapshot_data),
+                size,
                 time.monotonic() - began,
             )
             self._fail_waiters_below(rd.snapshot.index + 1)
@@ -1191,6 +1177,16 @@ class Node:
         cs = self.rawnode.conf_state()
         members = {nid: self._members[nid].encode() for nid in cs.voters | cs.learners if nid in self._members}
         return wrap_snapshot(members, self.sm.snapshot())
+
+    def _restore_saved_snapshot(self) -> int:
+        """Restore the snapshot in force from its file, read as the restore goes; its size in bytes."""
+        assert self._storage is not None
+        source = self._storage.open_snapshot_data()
+        if source is None:
+            raise InvariantViolation("no snapshot file to restore from")
+        with source:
+            self._restore_snapshot(source)
+        return source.size
 
     def _restore_snapshot(self, source: SnapshotSource) -> None:
         try:

@@ -131,9 +131,24 @@ def test_a_wrapped_snapshot_in_pieces_is_the_packed_one(state: bytes | list[byte
     assert b"".join(wrap_snapshot(members, state)) == msgpack.packb([1, members, joined], use_bin_type=True)
 
 
+class BufferSource:
+    """A SnapshotSource over bytes (the node reads its snapshots from their files)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self._pos = data, 0
+
+    def read(self, n: int) -> bytes:
+        chunk = self._data[self._pos : self._pos + n]
+        self._pos += len(chunk)
+        return chunk
+
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+
 @pytest.mark.parametrize("state", [b"", b"abc", [b"a", b"", b"b" * 300], [b"x" * 70_000, b"y"]])
 def test_unwrapping_a_snapshot_leaves_the_source_at_the_state(state: bytes | list[bytes]) -> None:
-    from kvdisco.raft.node import BufferSource, unwrap_snapshot, wrap_snapshot
+    from kvdisco.raft.node import unwrap_snapshot, wrap_snapshot
 
     members = {i: b"m" * 1000 for i in range(100)}
     source = BufferSource(b"".join(wrap_snapshot(members, state)))
@@ -161,7 +176,7 @@ def test_unwrapping_a_snapshot_leaves_the_source_at_the_state(state: bytes | lis
     ],
 )
 def test_unwrap_refuses_what_is_not_a_snapshot(data: bytes) -> None:
-    from kvdisco.raft.node import BufferSource, unwrap_snapshot
+    from kvdisco.raft.node import unwrap_snapshot
 
     with pytest.raises(ValueError):
         unwrap_snapshot(BufferSource(data))
