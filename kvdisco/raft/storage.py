@@ -490,14 +490,16 @@ class DiskStorage:
         return self.snapshot.index + len(self.entries)
 
     def load_snapshot_data(self) -> bytes | None:
-        self._check_usable()
-        if not self.snapshot.index:
+        """The data of the snapshot in force, whole and checked (None without one). The node reads it in
+        order instead (open_snapshot_data, snapshot_payload): a snapshot is as large as the store."""
+        source = self.open_snapshot_data()
+        if source is None:
             return None
-        path = self._snap_path(self.snapshot.index, self.snapshot.term)
-        try:
-            return self._read_snapshot(path, self.snapshot.index, self.snapshot.term)
-        except OSError as exc:
-            raise StorageError(f"cannot read snapshot {path}: {exc}") from exc
+        with source:
+            try:
+                return source.read(source.size)
+            except OSError as exc:
+                raise StorageError(f"cannot read snapshot {source.path}: {exc}") from exc
 
     def open_snapshot_data(self) -> SnapshotFileReader | None:
         """The data of the snapshot in force, to be read in order (None without one); close it after.
@@ -739,15 +741,6 @@ class DiskStorage:
         named = ((_SNAP_RE.fullmatch(name), name) for name in os.listdir(self._snap_dir))
         return sorted((int(m[1], 16), int(m[2], 16), os.path.join(self._snap_dir, n)) for m, n in named if m)
 
-    def _read_snapshot(self, path: str, index: int, term: int) -> bytes:
-        """The data of a snapshot file, checked, read into one buffer (a snapshot is as large as the state)."""
-        with self._open_snapshot(path, index, term) as f:
-            head = _snapshot_file_header(f, path, index, term)
-            data = f.read(head.data_len)
-        if len(data) != head.data_len or zlib.crc32(data, head.crc_so_far) != head.crc:
-            raise CorruptLogError(path, _SNAP_HEADER.size, "snapshot checksum mismatch")
-        return data
-
     def _check_snapshot_file(self, path: str, index: int, term: int) -> tuple[SnapshotMeta, int]:
         """Check a snapshot file whole (checksum included) a chunk at a time; its meta and size."""
         with self._open_snapshot(path, index, term) as f:
@@ -783,7 +776,9 @@ class SnapshotFileReader:
     """
 
     def __init__(self, f: BinaryIO, path: str, head: _SnapHead) -> None:
-        self._f, self._path, self._head = f, path, head
+        self._f, self._head = f, head
+        #: The snapshot file.
+        self.path = path
         self._left = head.data_len
         self._crc = head.crc_so_far
         #: Bytes of data in the file.
@@ -795,11 +790,11 @@ class SnapshotFileReader:
             return b""
         chunk = self._f.read(min(n, self._left))
         if not chunk:
-            raise CorruptLogError(self._path, _SNAP_HEADER.size, "snapshot file shorter than its header says")
+            raise CorruptLogError(self.path, _SNAP_HEADER.size, "snapshot file shorter than its header says")
         self._left -= len(chunk)
         self._crc = zlib.crc32(chunk, self._crc)
         if not self._left and self._crc != self._head.crc:
-            raise CorruptLogError(self._path, _SNAP_HEADER.size, "snapshot checksum mismatch")
+            raise CorruptLogError(self.path, _SNAP_HEADER.size, "snapshot checksum mismatch")
         return chunk
 
     def remaining(self) -> int:
