@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from kvdisco.raft import Entry, HardState, Message, MessageType, Node, NodeConfig
+from kvdisco.raft.transport import SnapshotPayload
 
 from .test_node_api import Cluster
 
@@ -57,13 +58,13 @@ class WatchedCluster(Cluster):
             save(entries, hard_state)
             self.durable[name] = storage.last_index()
 
-        def watched_send(msg: Message) -> None:
+        def watched_send(msg: Message, snapshot: SnapshotPayload | None = None) -> None:
             if msg.type == MessageType.APP_RESP and not msg.reject:
                 self.acks += 1
                 if msg.index > self.durable[name]:
                     self.violations.append(f"{name} acknowledged {msg.index} holding {self.durable[name]} durably")
             sent[msg.to] = max(sent.get(msg.to, 0), msg.commit)
-            send(msg)
+            send(msg, snapshot)
 
         def watched_apply(index: int, command: bytes) -> Any:
             holders = sum(1 for last in self.durable.values() if last >= index)
