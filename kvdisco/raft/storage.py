@@ -515,7 +515,7 @@ class DiskStorage:
         sent (None without a snapshot). Each send gets its own, so sends to several peers never share
         a position or a checksum."""
         opened = self._open_snapshot_in_force()
-        return None if opened is None else SnapshotFilePayload(*opened, self._log)
+        return None if opened is None else SnapshotFilePayload(SnapshotFileReader(*opened), self._log)
 
     def _open_snapshot_in_force(self) -> tuple[BinaryIO, str, _SnapHead] | None:
         """The snapshot file in force, open and checked up to its data (its header and meta); None without one."""
@@ -816,40 +816,34 @@ class SnapshotFilePayload:
     it. The file is open from the moment the send is queued, so a newer snapshot replacing it meanwhile
     does not cut the send short.
 
-    Chunks taken in order are checked against the file's checksum: a mismatch makes the last chunk raise
-    OSError (EIO), which fails the send as a lost connection would, so damaged bytes never complete a
-    snapshot on the peer; it is logged, since every later send of that file will fail the same way.
+    Chunks are read in order through a SnapshotFileReader, so they are checked against the file's
+    checksum: a mismatch makes the last chunk raise OSError (EIO), which fails the send as a lost
+    connection would, so damaged bytes never complete a snapshot on the peer; it is logged, since every
+    later send of that file will fail the same way.
     """
 
-    def __init__(self, f: BinaryIO, path: str, head: _SnapHead, logger: logging.Logger) -> None:
-        self._f, self._path, self._log = f, path, logger
-        self._start = f.tell()  # the data follows the header and the meta
-        self._len = head.data_len
-        self._crc, self._expected_crc = head.crc_so_far, head.crc
-        self._checked = 0  # bytes checked so far: the chunks taken in order from the start
-        self._close = weakref.finalize(self, f.close)  # the transport may drop a send before its end
+    def __init__(self, reader: SnapshotFileReader, logger: logging.Logger) -> None:
+        self._reader, self._log = reader, logger
+        self._close = weakref.finalize(self, reader.close)  # the transport may drop a send before its end
 
     def __len__(self) -> int:
-        return self._len
+        return self._reader.size
 
     def __getitem__(self, part: slice, /) -> bytes:
-        start, stop, step = part.indices(self._len)
-        if step != 1:
-            raise ValueError("a snapshot payload is read in contiguous chunks")
+        reader = self._reader
         if not self._close.alive:
-            raise OSError(errno.EBADF, f"{self._path}: snapshot payload already read to its end")
-        size = max(0, stop - start)
-        chunk = os.pread(self._f.fileno(), size, self._start + start)
-        if len(chunk) != size:
-            raise OSError(errno.EIO, f"{self._path}: snapshot file shorter than its header says")
-        if start == self._checked:
-            self._crc = zlib.crc32(chunk, self._crc)
-            self._checked = start + size
-            if self._checked == self._len:
+            raise OSError(errno.EBADF, f"{reader.path}: snapshot payload already read to its end")
+        start, stop, step = part.indices(reader.size)
+        if step != 1 or start != reader.size - reader.remaining():
+            raise ValueError("a snapshot payload is read in order, in contiguous chunks")
+        try:
+            chunk = reader.read(stop - start)
+        except CorruptLogError as exc:
+            self._log.error("snapshot file %s: %s; not sent", reader.path, exc)
+            raise OSError(errno.EIO, str(exc)) from exc
+        finally:
+            if not reader.remaining():
                 self._close()
-                if self._crc != self._expected_crc:
-                    self._log.error("snapshot file %s fails its checksum: not sent", self._path)
-                    raise OSError(errno.EIO, f"{self._path}: snapshot checksum mismatch")
         return chunk
 
 
