@@ -22,7 +22,9 @@ Steps, in one run:
    snapshot child ran and that child's CPU, and the CPU other processes on the machine took.
    --skip-recovery stops here.
 5. kill -9 one follower, restart it, and time until /readyz answers 200 and a serializable range
-   on it sees a marker key written just before the kill.
+   on it sees a marker key written just before the kill. With --restart-backlog N, single puts first
+   run until the victim has applied N entries past its newest snapshot, so the restart replays that
+   many (the worst case is just under the snapshot bounds: about 100,000 single puts).
 6. Add a learner k3 (POST /v3/cluster/member/add), start it with --initial-cluster-state existing,
    and time until a serializable range on it sees a marker written after the add (snapshot catch-up).
 7. With --steady-minutes > 0: overwrite random keys for that long (auto-compaction at its default)
@@ -556,6 +558,32 @@ def memory(c: Cluster) -> dict[str, dict[str, float]]:
     return out
 
 
+class Overwriter:
+    """Clients overwriting random keys with single puts, one request at a time each, until stopped."""
+
+    def __init__(self, s: aiohttp.ClientSession, url: str, nkeys: int, value: bytes, seed: int) -> None:
+        self.s, self.url, self.nkeys, self.vb = s, url, nkeys, b64(value)
+        self.rng = random.Random(seed)
+        self.puts = 0
+        self.deadline = float("inf")
+
+    def stop(self) -> None:
+        self.deadline = 0.0
+
+    async def run(self, conns: int, seconds: float = float("inf")) -> None:
+        self.deadline = min(self.deadline, time.monotonic() + seconds)
+        await asyncio.gather(*(self._writer() for _ in range(conns)))
+
+    async def _writer(self) -> None:
+        while time.monotonic() < self.deadline:
+            body = {"key": b64(key_of(self.rng.randrange(self.nkeys))), "value": self.vb}
+            try:
+                status, _ = await post(self.s, self.url + "/v3/kv/put", body)
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                status = 0
+            self.puts += status == 200
+
+
 async def steady(
     s: aiohttp.ClientSession, c: Cluster, url: str, nkeys: int, value: bytes, conns: int, minutes: float, every: float
 ) -> dict[str, Any]:
@@ -563,22 +591,11 @@ async def steady(
     samples: list[dict[str, Any]] = []
     stop = time.monotonic() + minutes * 60
     t0 = time.monotonic()
-    puts = 0
-    vb = b64(value)
-    rng = random.Random(2)
-
-    async def writer() -> None:
-        nonlocal puts
-        while time.monotonic() < stop:
-            try:
-                status, _ = await post(s, url + "/v3/kv/put", {"key": b64(key_of(rng.randrange(nkeys))), "value": vb})
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                status = 0
-            puts += status == 200
+    writers = Overwriter(s, url, nkeys, value, seed=2)
 
     async def sampler() -> None:
         while True:
-            row: dict[str, Any] = {"t_s": round(time.monotonic() - t0, 1), "puts": puts}
+            row: dict[str, Any] = {"t_s": round(time.monotonic() - t0, 1), "puts": writers.puts}
             for m in c.members:
                 if m.proc is not None and m.proc.poll() is None:
                     row[m.name] = round(mib(proc_status(m.pid).get("VmRSS", 0)), 1)
@@ -588,11 +605,64 @@ async def steady(
                 return
             await asyncio.sleep(min(every, max(0.0, stop - time.monotonic())))
 
-    await asyncio.gather(sampler(), *(writer() for _ in range(conns)))
+    await asyncio.gather(sampler(), writers.run(conns, stop - time.monotonic()))
     names = [k for k in samples[0] if k.startswith("k")]
     drift = {n: samples[-1].get(n, 0) - samples[0].get(n, 0) for n in names}
-    return {"minutes": minutes, "puts": puts, "puts_per_s": puts / (time.monotonic() - t0), "samples": samples,
-            "rss_change_mib": drift}  # fmt: skip
+    return {"minutes": minutes, "puts": writers.puts, "puts_per_s": writers.puts / (time.monotonic() - t0),
+            "samples": samples, "rss_change_mib": drift}  # fmt: skip
+
+
+def newest_snapshot_index(m: Member) -> int:
+    """The log index of the member's newest snapshot file (named <index>-<term>.snap, in hex)."""
+    names = [p.name for p in (m.data_dir / "snap").glob("*.snap")]
+    return max((int(n.split("-")[0], 16) for n in names), default=0)
+
+
+async def applied_index(s: aiohttp.ClientSession, m: Member) -> int:
+    st, body = await post(s, m.client_url + "/v3/maintenance/status", {})
+    if st != 200:
+        raise RuntimeError(f"status of {m.name}: {st} {body}")
+    return int(body["raftAppliedIndex"])
+
+
+async def build_backlog(
+    s: aiohttp.ClientSession,
+    url: str,
+    victim: Member,
+    nkeys: int,
+    value: bytes,
+    conns: int,
+    target: int,
+    limit_s: float,
+) -> dict[str, Any]:
+    """Overwrite random keys with single puts until ``victim`` has applied ``target`` entries past its
+    newest snapshot: all of them are what its restart replays. A snapshot it takes meanwhile starts
+    the count again (the schedule is its own: see Node._maybe_snapshot), so a target near the
+    snapshot bounds can take a while; this gives up at ``limit_s``."""
+    writers = Overwriter(s, url, nkeys, value, seed=3)
+    t0 = time.monotonic()
+    seen: dict[str, Any] = {"target": target, "snapshots_meanwhile": 0}
+
+    async def watch() -> None:
+        last_snap = newest_snapshot_index(victim)
+        try:
+            while True:
+                await asyncio.sleep(0.25)
+                snap = newest_snapshot_index(victim)
+                seen["snapshots_meanwhile"] += snap != last_snap
+                last_snap = snap
+                backlog = await applied_index(s, victim) - snap
+                if backlog >= target:
+                    break
+                if time.monotonic() - t0 > limit_s:
+                    raise RuntimeError(f"{victim.name} did not reach a backlog of {target} in {limit_s} s")
+        finally:
+            writers.stop()
+        seen.update(backlog=backlog, snapshot_index=snap)
+
+    await asyncio.gather(watch(), writers.run(conns))
+    seen.update(puts=writers.puts, seconds=round(time.monotonic() - t0, 1))
+    return seen
 
 
 async def settle(c: Cluster, limit_s: float) -> dict[str, Any]:
@@ -685,6 +755,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         # Restart a follower after kill -9.
         leader = await find_leader(s, c)
         victim = next(m for m in c.members if m is not leader)
+        if args.restart_backlog > 0:
+            res["backlog"] = await build_backlog(
+                s, leader.client_url, victim, n, value, args.load_conns, args.restart_backlog, args.recovery_limit * 3
+            )
+            print(f"backlog before the kill: {res['backlog']}", flush=True)
         marker = b"restart-%d" % time.time_ns()
         st, _ = await post(s, leader.client_url + "/v3/kv/put", {"key": b64(MARKER), "value": b64(marker)})
         assert st == 200
@@ -758,6 +833,12 @@ def print_table(r: dict[str, Any]) -> None:
                 f" | at {load['keys']} keys {f['rps']:7.0f}/s p50 {f['p50_ms']:6.1f} ms p99 {f['p99_ms']:6.1f} ms"
                 f" | ratio {f['rps'] / e['rps']:.2f}"
             )
+    b = r.get("backlog")
+    if b:
+        print(
+            f"backlog  {b['backlog']} entries past the snapshot at {b['snapshot_index']} after {b['puts']} puts"
+            f" in {b['seconds']} s ({b['snapshots_meanwhile']} snapshots meanwhile)"
+        )
     for phase in ("restart", "catchup"):
         x = r.get(phase)
         if x:
@@ -792,6 +873,12 @@ def main() -> None:
     )
     p.add_argument("--load-seconds", type=float, default=1200.0, help="stop loading after this long")
     p.add_argument("--recovery-limit", type=float, default=300.0, help="give up on restart/catch-up after this")
+    p.add_argument(
+        "--restart-backlog",
+        type=int,
+        default=0,
+        help="before the kill, overwrite keys until the victim has applied this many entries past its last snapshot",
+    )
     p.add_argument("--steady-minutes", type=float, default=3.0)
     p.add_argument("--sample-seconds", type=float, default=10.0)
     p.add_argument("--snapshot-count", type=int, default=20000, help="passed to every member")
