@@ -110,8 +110,7 @@ class WatchedMachine:
 
     def publish(self) -> None:
         pending, self._unpublished = self._unpublished, []
-        for revision, events in pending:
-            self.hub.notify(revision, events)
+        self.hub.notify_writes(pending)
 
     def snapshot(self) -> list[bytes]:
         return self.machine.snapshot_parts()

@@ -67,7 +67,7 @@ import itertools
 import time
 from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -512,6 +512,22 @@ class WatchHub:
             return False
         w.cancel()
         return True
+
+    def notify_writes(self, writes: Sequence[tuple[int, tuple[Event, ...]]]) -> None:
+        """:meth:`notify` each (revision, events) of ``writes``, in order.
+
+        With no watchers at all that comes down to the last revision being notified, done here at
+        once: a member applies and publishes every write whether anyone watches or not, and a
+        restart's replay publishes tens of thousands in one go (3 us each through notify).
+        """
+        if not writes:
+            return
+        if not self._watchers:
+            if not self._closed:
+                self._notified = max(self._notified, writes[-1][0])
+            return
+        for revision, events in writes:
+            self.notify(revision, events)
 
     def notify(self, revision: int, events: tuple[Event, ...]) -> None:
         """Deliver the events of the write that made ``revision`` (all of them, in apply order).

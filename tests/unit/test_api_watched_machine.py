@@ -69,3 +69,27 @@ def test_a_restore_drops_what_was_not_published_and_watchers_read_it_from_histor
     sm.restore(image)
     sm.publish()
     assert revisions(w) == [2, 3, 4]
+
+
+def test_with_no_watchers_a_publish_moves_the_notified_revision_and_later_watchers_miss_nothing() -> None:
+    sm = machine()
+    for i in range(1, 4):
+        put(sm, i, b"k%d" % i)
+    sm.publish()  # nobody watches: the hub takes only the last revision
+    assert sm.hub.notified_revision == 4
+    live = sm.hub.watch(b"k", b"l")  # from revision 5
+    from_two = sm.hub.watch(b"k", b"l", start_revision=2)  # history, then live
+    put(sm, 4, b"k4")
+    sm.publish()
+    assert revisions(live) == [5]
+    assert revisions(from_two) == [2, 3, 4, 5]
+
+
+def test_a_closed_hub_takes_no_more_revisions() -> None:
+    sm = machine()
+    put(sm, 1, b"k1")
+    sm.publish()
+    sm.hub.close()
+    put(sm, 2, b"k2")
+    sm.publish()
+    assert sm.hub.notified_revision == 2  # as notify() leaves it once closed
