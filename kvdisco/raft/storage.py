@@ -132,33 +132,41 @@ def _records(path: str, data: bytes, is_last: bool) -> Iterator[tuple[int, Entry
     """
     view = memoryview(data)
     pos, n = 0, len(data)
+    header_bytes, read_header, crc32 = _HEADER.size, _HEADER.unpack_from, zlib.crc32
     while pos < n:
-        head = min(n - pos, _HEADER.size)
-        if data.count(0, pos, pos + head) == head:
-            if not _zeros_from(data, pos):
-                raise CorruptLogError(path, pos, "zero record header with non-zero bytes after it")
-            break
-        if head < _HEADER.size:
-            torn, stop = "record header runs past end of file", n
-        else:
-            length, crc = _HEADER.unpack_from(data, pos)
-            end = pos + _HEADER.size + length
-            if length > WAL_RECORD_BYTES_MAX:
-                raise CorruptLogError(path, pos, f"record length {length} exceeds {WAL_RECORD_BYTES_MAX}")
-            if end > n:
-                torn, stop = "record payload runs past end of file", n
-            elif zlib.crc32(view[pos + _HEADER.size : end]) != crc:
-                if not _zeros_from(data, end):
-                    raise CorruptLogError(path, pos, "checksum mismatch with non-zero bytes after the record")
-                torn, stop = "checksum mismatch in the final record", end
-            else:
+        head = min(n - pos, header_bytes)
+        if head == header_bytes:
+            length, crc = read_header(data, pos)
+            end = pos + header_bytes + length
+            # A whole record whose checksum holds, as all but a log's last are: nothing else to test.
+            if (
+                (length or crc)
+                and length <= WAL_RECORD_BYTES_MAX
+                and end <= n
+                and crc32(view[pos + header_bytes : end]) == crc
+            ):
                 try:
-                    rec = _decode(unpack(data[pos + _HEADER.size : end]))
+                    rec = _decode(unpack(data[pos + header_bytes : end]))
                 except ValueError as exc:
                     raise CorruptLogError(path, pos, f"undecodable record: {exc}") from exc
                 yield pos, rec
                 pos = end
                 continue
+        # Not a good record: the end of the data, a torn final write, or damage.
+        if data.count(0, pos, pos + head) == head:
+            if not _zeros_from(data, pos):
+                raise CorruptLogError(path, pos, "zero record header with non-zero bytes after it")
+            break
+        if head < header_bytes:
+            torn, stop = "record header runs past end of file", n
+        elif length > WAL_RECORD_BYTES_MAX:
+            raise CorruptLogError(path, pos, f"record length {length} exceeds {WAL_RECORD_BYTES_MAX}")
+        elif end > n:
+            torn, stop = "record payload runs past end of file", n
+        else:  # the checksum does not match
+            if not _zeros_from(data, end):
+                raise CorruptLogError(path, pos, "checksum mismatch with non-zero bytes after the record")
+            torn, stop = "checksum mismatch in the final record", end
         if not is_last:
             raise CorruptLogError(path, pos, f"{torn} in a segment that is not the last")
         yield pos, _End(torn, stop)
@@ -185,6 +193,10 @@ class _Replay:
         return self.base + len(self.entries)
 
     def entry(self, e: Entry) -> None:
+        entries = self.entries
+        if entries and e.index == self.base + len(entries) + 1 and e.term >= entries[-1].term:
+            entries.append(e)  # the next entry, as nearly all are: the checks below would pass
+            return
         i, last = e.index, self.last()
         if i <= self.snap_index or i > last + 1:
             raise ValueError(f"entry {i} outside ({self.snap_index}, {last + 1}]: the log is not contiguous")

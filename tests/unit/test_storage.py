@@ -491,6 +491,11 @@ def test_invariant_violations_on_load_are_reported(tmp_path: Path) -> None:
     with pytest.raises(CorruptLogError, match="not contiguous") as info:
         DiskStorage.open(tmp_path, segment_bytes=SEG)
     assert info.value.offset == end
+    # The next entry, with a term below its predecessor's.
+    damage_with(raw_record([0, 0, 4, 0, b"old"]))
+    with pytest.raises(CorruptLogError, match="below the previous term") as info:
+        DiskStorage.open(tmp_path, segment_bytes=SEG)
+    assert info.value.offset == end
     # A hard state whose commit is past the log.
     damage_with(raw_record([1, 1, 1, 9]))
     with pytest.raises(StorageError, match="commit 9"):
