@@ -776,3 +776,36 @@ def test_matches_model_across_saves_snapshots_and_reopens(data: st.DataObject) -
             event(f"first segment seq > 0: {wal_files(Path(tmp))[0].name[:16] != '0' * 16}")
         finally:
             s.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    damage=st.lists(st.tuples(st.integers(0, 2_000), st.integers(0, 255)), min_size=1, max_size=4),
+    cut=st.one_of(st.none(), st.integers(0, 2_000)),
+)
+def test_any_damage_opens_as_a_log_or_is_reported_as_corruption(damage: list[tuple[int, int]], cut: int | None) -> None:
+    """Bytes overwritten anywhere in the written part of a segment, and perhaps the file cut short: the log
+    opens (the damage read as a torn final write, or hit nothing that matters) or the open fails with
+    CorruptLogError / StorageError. Never another exception, and never entries that were not written."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        s = DiskStorage.open(d, segment_bytes=SEG)
+        written = [ent(i, data=b"d%d" % i * 9) for i in range(1, 25)]
+        for e in written:
+            s.save([e], HardState(1, 1, e.index - 1))
+        s.close()
+        seg = wal_files(d)[-1]
+        end = data_end(seg)
+        for offset, byte in damage:
+            patch(seg, offset % end, bytes([byte]))
+        if cut is not None:
+            os.truncate(seg, cut % (end + 1))
+        try:
+            s = DiskStorage.open(d, segment_bytes=SEG)
+        except (CorruptLogError, StorageError):
+            return
+        try:
+            got = [(e.index, e.term, e.data) for e in s.entries]
+            assert got == [(e.index, e.term, e.data) for e in written[: len(got)]]
+        finally:
+            s.close()
