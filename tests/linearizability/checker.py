@@ -27,6 +27,15 @@ Wing-Gong-Lowe algorithm with Lowe's memoisation of (linearized-set bitmask,
 model state), exactly as porcupine does. Each search has a step budget; when
 it runs out the verdict is ``UNKNOWN`` rather than a hang.
 
+Indeterminate writes make that search exponential: every subset of the ones
+pending at a point is a distinct memo entry. Two reductions keep it small, both
+sound: a value that no read and no compare ever mentions is written as one
+placeholder (no operation can tell such values apart), and indeterminate ops
+with the same effect (same kind, written value after that, compare) are
+interchangeable once called, so the memo counts how many of each such class are
+linearized instead of which. (A fake cluster under faults left ~18 indeterminate
+writes on one key; the plain memo ran out of a million steps on 1 history in 8.)
+
 On failure the result names the key, the longest linearizable prefix found
 (as a sequence of operations, with the model state at its end) and the
 operation whose return could not be preceded by its own linearization point.
@@ -39,7 +48,7 @@ import itertools
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = [
     "DEFAULT_MAX_STEPS_PER_KEY",
@@ -60,6 +69,9 @@ __all__ = [
 #: writes. About 0.5 M steps/s in CPython, and the memo set grows by at most one entry per step
 #: (~200 bytes at 500 ops), so this caps one key at ~2 s and ~200 MB.
 DEFAULT_MAX_STEPS_PER_KEY = 1_000_000
+
+#: What a value that no read and no compare mentions is written as (see check_key).
+UNOBSERVED = "\x00unobserved value"
 
 #: Register state: (value, version). Absent key is (None, 0).
 State = tuple[str | None, int]
@@ -191,7 +203,8 @@ class KeyResult:
             f"last {min(tail, len(self.longest_prefix))}:",
         ]
         lines += [f"    {op.describe()}" for op in self.longest_prefix[-tail:]]
-        lines.append(f"  state after prefix: value={self.prefix_state[0]!r} version={self.prefix_state[1]}")
+        value = "(a value no read saw)" if self.prefix_state[0] == UNOBSERVED else repr(self.prefix_state[0])
+        lines.append(f"  state after prefix: value={value} version={self.prefix_state[1]}")
         if self.blocked is not None:
             lines.append(f"  cannot be placed (returned before a legal linearization point): {self.blocked.describe()}")
         if self.unplaced:
@@ -233,7 +246,42 @@ def check(history: Iterable[Op], *, max_steps_per_key: int = DEFAULT_MAX_STEPS_P
     return CheckResult(outcome, results, time.monotonic() - t0)
 
 
-def check_key(ops: Sequence[Op], *, max_steps: int = DEFAULT_MAX_STEPS_PER_KEY, init: State = INITIAL) -> KeyResult:
+def _memo_weights(ops: Sequence[Op]) -> tuple[list[Op], list[int]]:
+    """The ops as the search steps them (unobserved values written as UNOBSERVED), and each op's weight in
+    the memo key: its own bit, or for an indeterminate op with interchangeable twins, one unit of its
+    class's counter (mixed radix above the n op bits), so that which twins are linearized does not matter,
+    only how many.
+
+    Why twins are interchangeable: the ops of a class have the same effect on any state, and each may be
+    linearized at any point after its call (no return bounds it). A node of the search has linearized
+    only ops called before its first pending return, so two nodes that differ only in which k twins they
+    linearized have the same state and isomorphic futures.
+    """
+    observed = {op.out_value for op in ops if op.kind is OpKind.GET}
+    observed |= {op.expect_value for op in ops if op.kind is OpKind.CAS and op.expect_value is not None}
+    stepped = list(ops)
+    if UNOBSERVED not in observed:  # else a read saw the placeholder itself: leave values as they are
+        stepped = [
+            replace(op, value=UNOBSERVED) if op.value is not None and op.value not in observed else op for op in ops
+        ]
+    n = len(ops)
+    classes: dict[tuple[object, ...], list[int]] = {}
+    for i, op in enumerate(stepped):
+        if op.indeterminate:
+            classes.setdefault((op.kind, op.value, op.expect_version, op.expect_value), []).append(i)
+    weights = [1 << i for i in range(n)]
+    unit = 1 << n
+    for members in classes.values():
+        if len(members) > 1:
+            for i in members:
+                weights[i] = unit
+            unit *= len(members) + 1
+    return stepped, weights
+
+
+def check_key(
+    ops: Sequence[Op], *, max_steps: int = DEFAULT_MAX_STEPS_PER_KEY, init: State = INITIAL, reduce: bool = True
+) -> KeyResult:
     """WGL search with memoisation over one key's operations.
 
     Entries (calls and returns) are kept in a doubly linked list ordered by
@@ -242,7 +290,9 @@ def check_key(ops: Sequence[Op], *, max_steps: int = DEFAULT_MAX_STEPS_PER_KEY, 
     (lifting its call and return out of the list); at a return it has met an
     op that had to be linearized already, so it backtracks. ``cache`` holds
     every (bitmask, state) already explored, which keeps the search
-    polynomial for the common shapes.
+    polynomial for the common shapes. ``reduce`` applies the reductions of
+    :func:`_memo_weights` to that memo (off: the plain algorithm, which tests
+    compare it with).
     """
     key = ops[0].key if ops else ""
     n = len(ops)
@@ -268,8 +318,9 @@ def check_key(ops: Sequence[Op], *, max_steps: int = DEFAULT_MAX_STEPS_PER_KEY, 
             nxt[prv[x]] = x
             prv[nxt[x]] = x
 
+    stepped, weights = _memo_weights(ops) if reduce else (list(ops), [1 << i for i in range(n)])
     state: State = init
-    linearized = 0
+    linearized = 0  # the memo key's linearized part: the sum of the weights of the ops linearized
     cache: set[tuple[int, State]] = set()
     calls: list[tuple[int, State]] = []  # (op id, state before it)
     steps = 0
@@ -291,9 +342,9 @@ def check_key(ops: Sequence[Op], *, max_steps: int = DEFAULT_MAX_STEPS_PER_KEY, 
         if steps > max_steps:
             return KeyResult(key, Outcome.UNKNOWN, n, steps)
         if entry < n:  # a call: try to linearize this op here
-            new_state = step(state, ops[entry])
+            new_state = step(state, stepped[entry])
             if new_state is not None:
-                new_lin = linearized | (1 << entry)
+                new_lin = linearized + weights[entry]
                 if (new_lin, new_state) not in cache:
                     cache.add((new_lin, new_state))
                     calls.append((entry, state))
@@ -309,7 +360,7 @@ def check_key(ops: Sequence[Op], *, max_steps: int = DEFAULT_MAX_STEPS_PER_KEY, 
             if not calls:
                 break
             top, state = calls.pop()
-            linearized &= ~(1 << top)
+            linearized -= weights[top]
             unlift(top)
             entry = nxt[top]
     else:

@@ -236,3 +236,60 @@ def test_reading_a_never_written_value_is_never_linearizable(h: list[Op], data: 
     res = check(h)
     assert res.outcome is Outcome.ILLEGAL, res.explain()
     assert res.keys[old.key].outcome is Outcome.ILLEGAL
+
+
+@st.composite
+def arbitrary_histories(draw: st.DrawFn) -> list[Op]:
+    """Ops with random intervals and random outputs, linearizable or not, half the writes indeterminate:
+    small enough for the plain search to decide every one."""
+    ops: list[Op] = []
+    values = ["a", "b", "c", "d"]
+    for i in range(draw(st.integers(1, 11))):
+        kind = draw(st.sampled_from(list(OpKind)))
+        call = float(draw(st.integers(0, 40)))
+        indeterminate = kind is not OpKind.GET and draw(st.booleans())
+        ret = INF if indeterminate else call + draw(st.integers(0, 15))
+        if kind is OpKind.GET:
+            version = draw(st.one_of(st.none(), st.integers(0, 3)))
+            ops.append(Op(K, kind, call, ret, out_value=draw(st.sampled_from([None, *values])), out_version=version))
+        elif kind is OpKind.PUT:
+            ops.append(Op(K, kind, call, ret, value=draw(st.sampled_from([*values, f"u{i}"]))))
+        elif kind is OpKind.DELETE:
+            ops.append(Op(K, kind, call, ret, deleted=None if indeterminate else draw(st.sampled_from([None, 0, 1]))))
+        else:
+            by_version = draw(st.booleans())
+            ops.append(
+                Op(
+                    K,
+                    kind,
+                    call,
+                    ret,
+                    value=draw(st.sampled_from([*values, f"u{i}"])),
+                    expect_version=draw(st.integers(0, 3)) if by_version else None,
+                    expect_value=None if by_version else draw(st.sampled_from(values)),
+                    ok=None if indeterminate else draw(st.booleans()),
+                )
+            )
+    return ops
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(arbitrary_histories())
+def test_the_memo_reductions_never_change_a_verdict(h: list[Op]) -> None:
+    plain = check_key(h, reduce=False, max_steps=10**7)
+    reduced = check_key(h, max_steps=10**7)
+    assert Outcome.UNKNOWN not in (plain.outcome, reduced.outcome)
+    assert reduced.outcome is plain.outcome, "\n".join(op.describe() for op in h)
+    assert reduced.steps <= plain.steps
+
+
+def test_interchangeable_indeterminate_writes_are_searched_once() -> None:
+    # 16 concurrent indeterminate writes of values nobody reads, then a read of a version they cannot reach:
+    # proving that takes the plain memo every subset of them, the reduced one only how many took effect.
+    writes = [put(f"lost{i}", 0, INF) for i in range(16)]
+    h = [*writes, put("x", 1, 2), get("x", 3, 4, version=30)]
+    assert check_key(h, max_steps=100_000).outcome is Outcome.ILLEGAL
+    assert check_key(h, max_steps=100_000, reduce=False).outcome is Outcome.UNKNOWN
+    # And where they can: version 9 is 8 of them before x.
+    h[-1] = get("x", 3, 4, version=9)
+    assert check_key(h, max_steps=100_000).outcome is Outcome.OK
