@@ -193,10 +193,6 @@ class _Replay:
         return self.base + len(self.entries)
 
     def entry(self, e: Entry) -> None:
-        entries = self.entries
-        if entries and e.index == self.base + len(entries) + 1 and e.term >= entries[-1].term:
-            entries.append(e)  # the next entry, as nearly all are: the checks below would pass
-            return
         i, last = e.index, self.last()
         if i <= self.snap_index or i > last + 1:
             raise ValueError(f"entry {i} outside ({self.snap_index}, {last + 1}]: the log is not contiguous")
